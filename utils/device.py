@@ -1,0 +1,19 @@
+"""Device selection: ``auto`` picks CUDA when present, otherwise the CPU."""
+from __future__ import annotations
+
+import torch
+
+from utils.errors import PECRError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a usable :class:`torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PECRError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PECRError(f"--device {name} requested but CUDA is not available here; use --device auto or cpu")
+    return device
