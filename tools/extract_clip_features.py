@@ -282,12 +282,15 @@ def list_videos(sources: Sequence[str | Path]) -> list[Path]:
             videos.append(src)
         else:
             raise PECRError(f"--videos {src}: no such file or folder; pass a video folder, a list file or video files")
+    unique: dict[Path, Path] = {}
     seen: dict[str, Path] = {}
     for p in videos:
-        if p.stem in seen and seen[p.stem] != p:
+        key = p.resolve()
+        if p.stem in seen and seen[p.stem].resolve() != key:
             raise PECRError(f"--videos: {seen[p.stem]} and {p} would both write {p.stem}.npy; rename one")
         seen[p.stem] = p
-    return list(dict.fromkeys(videos))
+        unique.setdefault(key, p)
+    return list(unique.values())
 
 
 def valid_output(path: Path, dim: int) -> bool:
@@ -446,8 +449,8 @@ def _run(args: argparse.Namespace) -> int:
         wanted = [n for n, s in zip(names, subsets) if s == args.subset]
         if not wanted:
             raise PECRError(f"--subset {args.subset!r} matches no video; subsets present: {sorted(set(subsets))}")
-        found = {p.stem for p in videos}
-        videos = [p for p in videos if p.stem in set(wanted)]
+        found, keep = {p.stem for p in videos}, set(wanted)
+        videos = [p for p in videos if p.stem in keep]
         missing = [n for n in wanted if n not in found]
     if not videos:
         raise PECRError(f"--videos {' '.join(args.videos)}: no video files found (extensions: {' '.join(sorted(VIDEO_EXTENSIONS))})")
@@ -464,9 +467,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.i3d_features:
         order = names if names is not None else [p.stem for p in list_videos(args.videos)]
         lengths, count = i3d_lengths(args.i3d_features, order)
-        if names is None and count != len(order):
-            summary.warnings.append(f"--i3d-features has {count} videos but --videos {len(order)}: matching by order is "
-                                    "unreliable; add --annotations DIR")
+        if count != len(order):
+            source, hint = ("--annotations", "") if names is not None else \
+                ("--videos", "; matching by order is unreliable, add --annotations DIR")
+            summary.warnings.append(f"--i3d-features has {count} videos but {source} lists {len(order)}{hint}")
         summary.warnings += check_lengths(summary, lengths)
     print(summary.report())
     print(f"time: {time.perf_counter() - start:.1f} s")
