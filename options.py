@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model (SPEC §2)")
     g.add_argument("--clip-backbone", dest="clip_backbone", default="RN50", help="CLIP checkpoint: official name (RN50, ViT-B/16, ...), a file path, or random-tiny / random-RN50 / random-ViT-B/16 (random weights)")
-    g.add_argument("--clip-download-root", dest="clip_download_root", default=os.path.join("~", ".cache", "clip"), help="cache folder of CLIP checkpoints")
+    g.add_argument("--clip-download-root", dest="clip_download_root", type=_optional_path, default=None, help="cache folder of CLIP checkpoints and the vocabulary (default: $PECR_CLIP_ROOT, else ~/.cache/clip)")
     g.add_argument("--clip-vocab", dest="clip_vocab", type=_optional_path, default=None, help="path of bpe_simple_vocab_16e6.txt.gz (default: $PECR_CLIP_VOCAB, the cache, or download)")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout of the cross-modal consensus modules")
     g.add_argument("--fusion-dropout", dest="fusion_dropout", type=float, default=0.7, help="dropout of the fusion layers")
