@@ -1,0 +1,11 @@
+"""Evaluation of PECR outputs (SPEC §5–§6).
+
+- :mod:`eval.proposals`: CAS + attention of one video -> scored segments (snippet units).
+- :mod:`eval.detection`: ActivityNet-protocol detection AP / mAP at many tIoU thresholds (+ CLI).
+- :mod:`eval.annotations`: ground truth from the W-TALC folder or ActivityNet JSON (+ converter CLI).
+- :mod:`eval.classification`: video-level class scores and classification mAP.
+- :mod:`eval.report`: the metrics record, result tables and the best-checkpoint criterion.
+
+Tables are pandas DataFrames with columns ``video-id, label, t-start, t-end[, score]``;
+``label`` is an integer class index.
+"""
