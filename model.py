@@ -1,0 +1,251 @@
+"""PECR model (SPEC §2): CO2-Net cross-modal consensus head, probabilistic adapter, CLIP prompt
+text features and the class activation sequence (CAS).
+
+    model = build_model(opts, dataset.class_phrases, device)
+    out = model(features)                    # features (B, T, F) -> PECROutput
+
+Layouts: the convolutions run on (B, channels, T); every tensor of :class:`PECROutput` is
+time-major (B, T, ·). All internal widths scale with the I3D feature size F (SPEC §2.1 is
+F = 2048): streams S = F/2 (RGB | flow), hidden H = F/4, fusion F. D is the CLIP embedding width.
+
+The text side is injected: ``text_encoder()`` must return the (C+1, D) text features (a
+``clip.PromptLearner`` in production, any module in tests). Only its trainable parameters are
+trained; the frozen CLIP inside it gets no gradient.
+
+The reconstruction branch r of SPEC §2.1 is kept as a layer (``decoder``, for checkpoint
+compatibility) but ``forward`` does not compute it: no loss uses it, so skipping it changes no
+number and saves one convolution per module. Its parameters therefore never receive a gradient.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from utils.errors import PECRError
+
+SLOPE = 0.2  # LeakyReLU slope everywhere (SPEC §2.1)
+
+
+def lrelu(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, SLOPE)
+
+
+@dataclass
+class PECROutput:
+    """What :meth:`PECR.forward` returns (B batch, T snippets, C classes, F features, D CLIP width).
+
+    cas            (B, T, C+1)  class activation sequence; last column = background
+    attention      (B, T)       actionness A = (A_V + A_F) / 2
+    attention_v    (B, T)       A_V of the RGB-main consensus module
+    attention_f    (B, T)       A_F of the flow-main consensus module
+    f0, f1         (B, T, F)    fusion features (F0 feeds the co-activity loss, F1 the adapter)
+    mu             (B, T, D)    mean of the snippet embedding
+    var            (B, T, D)    v = ReLU(Linear(F1)) (log-variance when sampling, variance in metrics)
+    text_features  (C+1, D)     W, unnormalised text features of the class prompts
+    samples        (B, T, K, D) the K samples z_k, only with ``forward(..., return_samples=True)``
+    """
+
+    cas: Tensor
+    attention: Tensor
+    attention_v: Tensor
+    attention_f: Tensor
+    f0: Tensor
+    f1: Tensor
+    mu: Tensor
+    var: Tensor
+    text_features: Tensor
+    samples: Tensor | None = None
+
+    def detach(self) -> "PECROutput":
+        return PECROutput(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).detach()
+                             for f in fields(self)})
+
+
+def _init_(module: nn.Module) -> None:
+    """CO2-Net's initialisation: Xavier-uniform weights, zero biases (convolutions and linears)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class CrossModalConsensus(nn.Module):
+    """One cross-modal consensus module (SPEC §2.1): main x filtered by a consensus with auxiliary y.
+
+    forward(x (B, S, T), y (B, S, T)) -> attention (B, T), filtered x' (B, S, T).
+    """
+
+    def __init__(self, stream: int, hidden: int, dropout: float = 0.5):
+        super().__init__()
+        conv3 = lambda cin, cout: nn.Conv1d(cin, cout, 3, padding=1)
+        self.encoder = conv3(stream, hidden)      # e from the auxiliary stream
+        self.decoder = conv3(hidden, stream)      # r, reconstruction of y (kept for checkpoints, not run)
+        self.global_conv = conv3(stream, stream)  # g from the time-averaged main stream
+        self.local_conv = conv3(hidden, stream)   # l from e
+        self.attn_conv1 = conv3(stream, hidden)
+        self.attn_conv2 = conv3(hidden, hidden)
+        self.attn_conv3 = nn.Conv1d(hidden, 1, 1)
+        self.drop = nn.Dropout(dropout)
+        _init_(self)
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        e = self.drop(lrelu(self.encoder(y)))
+        g = self.drop(lrelu(self.global_conv(x.mean(-1, keepdim=True))))     # (B, S, 1)
+        l = self.drop(lrelu(self.local_conv(e)))                              # (B, S, T)
+        a = (F.normalize(g, dim=1) * F.normalize(l, dim=1)).sum(1, keepdim=True)  # (B, 1, T)
+        x_f = torch.sigmoid(l * a) * x
+        h = self.drop(lrelu(self.attn_conv1(x_f)))
+        h = lrelu(self.attn_conv2(h))
+        attention = torch.sigmoid(self.drop(self.attn_conv3(h)))
+        return attention.squeeze(1), x_f
+
+
+class ProbabilisticAdapter(nn.Module):
+    """SPEC §2.3: (B, T, F) -> mu (B, T, D), v = ReLU(Linear) (B, T, D)."""
+
+    def __init__(self, feature_size: int, clip_dim: int):
+        super().__init__()
+        self.fc_mean = nn.Linear(feature_size, clip_dim)
+        self.fc_var = nn.Linear(feature_size, clip_dim)
+        _init_(self)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.fc_mean(x), F.relu(self.fc_var(x))
+
+
+def train_cas(mu: Tensor, var: Tensor, text: Tensor, noise_mean: Tensor, temperature: float) -> Tensor:
+    """Training CAS through the exact shortcut of SPEC §2.3.
+
+    mean_k <z_k, W> = <mu + exp(v/2) * eps_bar, W> with eps_bar = mean_k eps_k ~ N(0, I/K).
+    mu, var, noise_mean (B, T, D), text (C+1, D) -> (B, T, C+1).
+    """
+    return (mu + torch.exp(var / 2) * noise_mean) @ text.t() / temperature
+
+
+def sample(mu: Tensor, var: Tensor, eps: Tensor) -> Tensor:
+    """Reparameterised samples z_k = mu + eps_k * exp(v/2): mu, var (B, T, D), eps (B, T, K, D) -> (B, T, K, D)."""
+    return mu.unsqueeze(-2) + eps * torch.exp(var / 2).unsqueeze(-2)
+
+
+class PECR(nn.Module):
+    """PECR: CO2-Net head + probabilistic adapter + prompt text features (SPEC §2).
+
+    forward(features (B, T, F), text_features=None, generator=None, return_samples=False) -> PECROutput.
+    The CAS form follows ``self.training``: training = unnormalised dot products / tau_train with
+    ``train_sampling`` "shortcut" (mean noise drawn directly, default) or "full" (K samples);
+    eval = mean over K samples of the cosine with the text features / tau_test (``test_sampling``
+    "sample", as released) or the cosine of mu alone ("mean"). Noise comes from ``generator``
+    (a torch.Generator on the model's device) when given, else from the global RNG.
+    """
+
+    def __init__(self, num_classes: int, feature_size: int, clip_dim: int, text_encoder: nn.Module, *,
+                 dropout: float = 0.5, fusion_dropout: float = 0.7, num_samples: int = 20,
+                 train_temperature: float = 8.0, test_temperature: float = 0.03,
+                 train_sampling: str = "shortcut", test_sampling: str = "sample"):
+        super().__init__()
+        if feature_size <= 0 or feature_size % 4:
+            raise PECRError(f"feature size {feature_size} must be a positive multiple of 4 (RGB | flow halves, "
+                            "hidden width F/4); check --feature-size")
+        if train_sampling not in ("shortcut", "full") or test_sampling not in ("sample", "mean"):
+            raise PECRError(f"unknown sampling mode train={train_sampling!r} test={test_sampling!r}; "
+                            "use --train-sampling shortcut|full and --test-sampling sample|mean")
+        if num_samples < 1:
+            raise PECRError(f"--num-prob-v must be >= 1, got {num_samples}")
+        self.num_classes, self.feature_size, self.clip_dim = num_classes, feature_size, clip_dim
+        self.num_samples = num_samples
+        self.train_temperature, self.test_temperature = train_temperature, test_temperature
+        self.train_sampling, self.test_sampling = train_sampling, test_sampling
+        stream, hidden = feature_size // 2, feature_size // 4
+        self.consensus_v = CrossModalConsensus(stream, hidden, dropout)  # RGB main, flow auxiliary
+        self.consensus_f = CrossModalConsensus(stream, hidden, dropout)  # flow main, RGB auxiliary
+        self.fusion1 = nn.Conv1d(feature_size, feature_size, 3, padding=1)
+        self.fusion2 = nn.Conv1d(feature_size, feature_size, 3, padding=1)
+        self.fusion_drop = nn.Dropout(fusion_dropout)
+        _init_(self.fusion1), _init_(self.fusion2)
+        self.adapter = ProbabilisticAdapter(feature_size, clip_dim)
+        self.text_encoder = text_encoder
+        self.clip_backbone: str | None = None  # name/path of the frozen CLIP (set by build_model)
+
+    @classmethod
+    def from_options(cls, opts, num_classes: int, clip_dim: int, text_encoder: nn.Module) -> "PECR":
+        return cls(num_classes, opts.feature_size, clip_dim, text_encoder, dropout=opts.dropout,
+                   fusion_dropout=opts.fusion_dropout, num_samples=opts.num_prob_v,
+                   train_temperature=opts.train_temperature, test_temperature=opts.test_temperature,
+                   train_sampling=opts.train_sampling, test_sampling=opts.test_sampling)
+
+    def config(self) -> dict:
+        """Shape-defining settings (stored in checkpoints to detect mismatches)."""
+        return {"num_classes": self.num_classes, "feature_size": self.feature_size, "clip_dim": self.clip_dim}
+
+    def encode_text(self) -> Tensor:
+        """Text features W (C+1, D), recomputed from the prompts (gradient flows into the prompt table)."""
+        text = self.text_encoder()
+        if text.shape != (self.num_classes + 1, self.clip_dim):
+            raise PECRError(f"text encoder returned {tuple(text.shape)}, expected ({self.num_classes + 1}, "
+                            f"{self.clip_dim}) = (classes + background, CLIP width): class list and CLIP model disagree")
+        return text
+
+    def forward(self, features: Tensor, text_features: Tensor | None = None,
+                generator: torch.Generator | None = None, return_samples: bool = False) -> PECROutput:
+        if features.dim() != 3 or features.shape[-1] != self.feature_size:
+            raise PECRError(f"features of shape {tuple(features.shape)} given, the model expects (B, T, "
+                            f"{self.feature_size}); check --feature-size against the feature file")
+        x = features.transpose(1, 2)                                  # (B, F, T)
+        rgb, flow = x.split(self.feature_size // 2, dim=1)
+        att_v, x_v = self.consensus_v(rgb, flow)
+        att_f, x_f = self.consensus_f(flow, rgb)
+        f0 = self.fusion_drop(lrelu(self.fusion1(torch.cat([x_v, x_f], dim=1))))
+        f1 = self.fusion_drop(lrelu(self.fusion2(f0)))
+        f0, f1 = f0.transpose(1, 2), f1.transpose(1, 2)               # (B, T, F)
+        mu, var = self.adapter(f1)
+        text = self.encode_text() if text_features is None else text_features
+        cas, samples = self._cas(mu, var, text, generator, return_samples)
+        return PECROutput(cas, (att_v + att_f) / 2, att_v, att_f, f0, f1, mu, var, text, samples)
+
+    def _noise(self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    def _cas(self, mu: Tensor, var: Tensor, text: Tensor, generator, return_samples: bool):
+        K = self.num_samples
+        if self.training:
+            if self.train_sampling == "shortcut" and not return_samples:
+                noise = self._noise(mu.shape, mu, generator) / math.sqrt(K)
+                return train_cas(mu, var, text, noise, self.train_temperature), None
+            z = sample(mu, var, self._noise((*mu.shape[:-1], K, mu.shape[-1]), mu, generator))
+            return (z @ text.t()).mean(-2) / self.train_temperature, z
+        text_hat = F.normalize(text, dim=-1)
+        if self.test_sampling == "mean" and not return_samples:
+            return F.normalize(mu, dim=-1) @ text_hat.t() / self.test_temperature, None
+        # mean_k <z_k/|z_k|, W_hat> = <mean_k z_k/|z_k|, W_hat>: one sample at a time keeps memory at
+        # (B, T, D) for long test videos; each draw is vectorised over all snippets.
+        std, acc, zs = torch.exp(var / 2), torch.zeros_like(mu), []
+        for _ in range(K):
+            z = mu + std * self._noise(mu.shape, mu, generator)
+            acc = acc + F.normalize(z, dim=-1)
+            if return_samples:
+                zs.append(z)
+        if self.test_sampling == "mean":
+            cas = F.normalize(mu, dim=-1) @ text_hat.t() / self.test_temperature
+        else:
+            cas = (acc / K) @ text_hat.t() / self.test_temperature
+        return cas, torch.stack(zs, dim=-2) if return_samples else None
+
+
+def build_model(opts, class_phrases: list[str], device: str | torch.device = "cpu") -> PECR:
+    """The production model: frozen CLIP (``opts.clip_backbone``) + ``clip.PromptLearner`` text side."""
+    import clip
+    from utils.device import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    clip_model = clip.load(opts.clip_backbone, device=device, download_root=opts.clip_download_root)
+    tokenizer = clip.SimpleTokenizer(vocab_path=opts.clip_vocab) if opts.clip_vocab else None
+    prompts = clip.PromptLearner(clip_model, class_phrases, opts.prompt_prefix, opts.prompt_postfix,
+                                 opts.prompt_init_std, tokenizer=tokenizer)
+    model = PECR.from_options(opts, len(class_phrases), clip_model.embed_dim, prompts)
+    model.clip_backbone = opts.clip_backbone
+    return model.to(device)
