@@ -83,7 +83,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
                                 "file; fix --clip-backbone")
         state = load_state_dict(path)
         try:
-            model = build_model(state)
+            model = build_model(state, copy=False)
         except PECRError as err:
             raise PECRError(f"CLIP checkpoint {path}: {err}") from None
     return model.to(device).eval()

@@ -341,21 +341,28 @@ def _empty_model(config: dict) -> CLIP:
     """The architecture with uninitialised storage (built on the meta device: no wasted init)."""
     with torch.device("meta"):
         model = CLIP(**config)
-    return model.to_empty(device="cpu")
+    model.to_empty(device="cpu")
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()              # defined values for buffers a state dict may omit
+    return model
 
 
-def build_model(state_dict: dict[str, torch.Tensor]) -> CLIP:
+def build_model(state_dict: dict[str, torch.Tensor], copy: bool = True) -> CLIP:
     """The CLIP described by ``state_dict`` (OpenAI's key names), weights in float32, eval mode.
 
     The extra keys ``input_resolution``, ``context_length``, ``vocab_size`` are ignored.
+    ``copy=False`` lets the model take over float32 tensors of ``state_dict`` instead of copying
+    them (for a state dict read from a file and not used elsewhere).
     """
     state_dict = {k: v for k, v in state_dict.items() if k not in EXTRA_KEYS}
     model = _empty_model(config_from_state_dict(state_dict))
+    floats = {k: v.to(torch.float32, copy=copy) if v.is_floating_point() else v for k, v in state_dict.items()}
     try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+        model.load_state_dict(floats, assign=True)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
+        lines = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in lines[:3])
         raise PECRError(f"CLIP state dict does not match the architecture inferred from it ({detail[:300]}); "
                         "is it an unmodified OpenAI CLIP checkpoint?") from None
     return model.eval()
@@ -378,10 +385,6 @@ def init_parameters(model: CLIP, generator: torch.Generator) -> CLIP:
         elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
             module.weight.fill_(1.0)
             module.bias.zero_()
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.zero_()
-                module.running_var.fill_(1.0)
-                module.num_batches_tracked.zero_()
     # Transformer blocks (text and ViT): OpenAI's depth-scaled standard deviations.
     for transformer in (model.transformer, getattr(model.visual, "transformer", None)):
         if transformer is None:
