@@ -200,6 +200,9 @@ def test_subsets_are_inferred_or_refused(tmp_path):
         ms._infer_subsets(["a", "b"])
     with pytest.raises(PECRError, match="--synthetic-annotations"):
         ms.generate(**paths_in(tmp_path), annotations=tmp_path / "missing")
+    paths = paths_in(tmp_path)
+    with pytest.raises(PECRError, match="ground-truth source"):  # never write over the source annotations
+        ms.generate(**paths, annotations=paths["annotation_dir"])
 
 
 def test_bad_sizes_are_refused(tmp_path):

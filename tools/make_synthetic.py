@@ -269,6 +269,9 @@ def _request(feature_file, annotation_dir, clip_feature_dir, annotations, num_vi
     def absolute(p):
         return None if p is None else str(Path(p).resolve())
     real = annotations is not None
+    if real and absolute(annotations) == absolute(annotation_dir):
+        raise PECRError(f"the synthetic dataset's annotation folder {annotation_dir} is its ground-truth source; "
+                        "point --annotation-dir elsewhere than --synthetic-annotations / --annotations")
     return {
         "version": FORMAT_VERSION, "feature_file": absolute(feature_file), "annotation_dir": absolute(annotation_dir),
         "clip_feature_dir": absolute(clip_feature_dir), "annotations": absolute(annotations),
