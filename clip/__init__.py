@@ -6,7 +6,7 @@
     learner = clip.PromptLearner(model, ["clean and jerk", "long jump"])
     text_features = learner()                       # (3, model.embed_dim): 2 classes + background
 """
-from clip.download import cache_root, download
+from clip.cache import cache_root, download
 from clip.loader import MODEL_URLS, RANDOM_MODELS, available_models, load, load_state_dict
 from clip.model import CLIP, CONFIGS, build_model, config_from_state_dict, random_model, tiny_config
 from clip.prompt import PromptLearner

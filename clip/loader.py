@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from clip.download import ROOT_ENV, cache_root, download
+from clip.cache import ROOT_ENV, cache_root, download
 from clip.model import CLIP, CONFIGS, build_model, random_model, tiny_config
 from utils.device import resolve_device
 from utils.errors import PECRError

@@ -6,7 +6,7 @@ printable characters and merged by the ranked BPE merges, its last symbol marked
 
 Vocabulary lookup (first match wins): an explicit path > :func:`set_vocab_path` > env
 ``PECR_CLIP_VOCAB`` (the file, or a folder holding it) > the cache folder (see
-:func:`clip.download.cache_root`) > download from OpenAI's repository (checksum verified).
+:func:`clip.cache.cache_root`) > download from OpenAI's repository (checksum verified).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import ftfy
 import regex
 import torch
 
-from clip.download import cache_root, download, sha256_file
+from clip.cache import cache_root, download, sha256_file
 from utils.errors import PECRError
 
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"

@@ -62,13 +62,18 @@ def download(url: str, root: str | os.PathLike, sha256: str | None = None, hint:
             return target
         warnings.warn(f"{target} does not match its SHA-256 {sha256}; downloading it again")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         response = urllib.request.urlopen(url, timeout=timeout)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, "reason", None) or err
         raise PECRError(f"cannot download {url} ({reason}); without network, place the file at {target}"
                         + (f" {hint}" if hint else "")) from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as err:
+        response.close()
+        raise PECRError(f"cannot write into the CLIP cache folder {target.parent} ({err}); make it writable "
+                        "or choose another folder") from None
     try:
         with response, os.fdopen(fd, "wb") as out:
             total = response.length                      # Content-Length, None when not sent
