@@ -96,3 +96,154 @@ def test_matches_naive_loop_on_random_cases(integer, thresholds):
         want = naive_ap(gt, pred, thresholds, list(range(n_cls)))
         np.testing.assert_allclose(got, want, atol=1e-9, rtol=0)
         assert np.array_equal(np.isnan(got), np.isnan(want))
+
+
+# ----------------------------------------------------------------------------- hand-computed cases
+
+def test_duplicate_detections():
+    gt = gt_table([("v", 0, 0, 10)])
+    pred = pred_table([("v", 0, 0, 10, 0.9), ("v", 0, 0, 10, 0.8)])
+    # TP then FP: precision [1, 1/2], recall [1, 1] -> AP 1
+    assert detection_ap(gt, pred, [0.5]).tolist() == [[1.0]]
+    pred = pred_table([("v", 0, 50, 60, 0.95), ("v", 0, 0, 10, 0.9), ("v", 0, 0, 10, 0.8)])
+    # FP, TP, FP: precision [0, 1/2, 1/3] -> recall reaches 1 at precision 1/2
+    assert detection_ap(gt, pred, [0.5]).tolist() == [[0.5]]
+
+
+def test_tiou_exactly_at_threshold():
+    gt = gt_table([("v", 0, 0, 10), ("v", 0, 20, 30)])
+    pred = pred_table([("v", 0, 0, 5, 0.9), ("v", 0, 20, 27, 0.8)])  # tIoU 0.5 and 0.7 exactly
+    ap = detection_ap(gt, pred, [0.5, 0.55, 0.7, 0.75])
+    # at 0.5 both hit; at 0.55 and 0.7 only the second (precision 1/2 at recall 1/2); at 0.75 none
+    np.testing.assert_allclose(ap[:, 0], [1.0, 0.25, 0.25, 0.0])
+
+
+def test_prediction_for_video_without_ground_truth_is_false_positive():
+    gt = gt_table([("v1", 0, 0, 10)])
+    pred = pred_table([("v2", 0, 0, 10, 0.9), ("v1", 0, 0, 10, 0.8), ("v1", 1, 0, 10, 0.95)])
+    # class 0: FP (unknown video) then TP -> 1 * 1/2; the class-1 prediction has no ground truth class
+    assert detection_ap(gt, pred, [0.5]).tolist() == [[0.5]]
+    res = evaluate_detection(gt, pred, [0.5], classes=2)
+    assert res.ap[0, 0] == 0.5 and np.isnan(res.ap[0, 1]) and res.mAP.tolist() == [0.5]
+
+
+def test_class_without_predictions_counts_zero():
+    gt = gt_table([("v", 0, 0, 10), ("v", 1, 20, 30), ("w", 1, 0, 4)])
+    pred = pred_table([("v", 0, 0, 10, 0.5)])
+    res = evaluate_detection(gt, pred, [0.3, 0.7], classes=3)
+    np.testing.assert_array_equal(res.ap[:, :2], [[1.0, 0.0], [1.0, 0.0]])
+    assert np.isnan(res.ap[:, 2]).all()  # no ground truth: left out of the mean
+    assert res.mAP.tolist() == [0.5, 0.5] and res.num_positives.tolist() == [1, 2, 0]
+    assert mean_ap(gt, pred, [0.3, 0.7], classes=3).tolist() == [0.5, 0.5]
+
+
+def test_equal_tiou_ground_truths_go_in_input_order():
+    gt = gt_table([("v", 0, 0, 10), ("v", 0, 10, 20)])
+    # the first prediction overlaps both by 1/3 and takes the first; the second then finds its only
+    # overlap taken: hits [1, 0] -> AP 1/2 (taking the second ground truth would give 1)
+    pred = pred_table([("v", 0, 5, 15, 0.9), ("v", 0, 0, 10, 0.8)])
+    assert detection_ap(gt, pred, [0.3]).tolist() == [[0.5]]
+
+
+def test_equal_scores_keep_input_order():
+    gt = gt_table([("v", 0, 0, 10)])
+    hit, miss = ("v", 0, 0, 10, 0.5), ("v", 0, 40, 50, 0.5)
+    assert detection_ap(gt, pred_table([hit, miss]), [0.5]).tolist() == [[1.0]]
+    assert detection_ap(gt, pred_table([miss, hit]), [0.5]).tolist() == [[0.5]]
+
+
+def test_string_labels_and_default_classes():
+    gt = gt_table([("v", "run", 0, 10), ("v", "jump", 20, 30)])
+    pred = pred_table([("v", "run", 0, 10, 0.5), ("v", "swim", 0, 10, 0.9)])
+    res = evaluate_detection(gt, pred, [0.5])
+    assert res.classes == ["jump", "run"] and res.ap.tolist() == [[0.0, 1.0]]
+
+
+def test_table_errors():
+    gt = gt_table([("v", 0, 5, 4)])
+    with pytest.raises(PECRError, match="t-end 4.0 < t-start 5.0"):
+        detection_ap(gt, pred_table([]), [0.5])
+    with pytest.raises(PECRError, match="column 'score'"):
+        detection_ap(gt_table([("v", 0, 0, 4)]), gt_table([("v", 0, 0, 4)]), [0.5])
+    with pytest.raises(PECRError, match="no segment"):
+        mean_ap(gt_table([("v", 0, 0, 4)]), pred_table([]), [0.5], classes=[1])
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def write_json(path, data):
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+GT_JSON = {"version": "t", "taxonomy": [], "database": {
+    "v1": {"subset": "test", "duration": 30.0, "annotations": [{"segment": [0, 10], "label": "Run"},
+                                                              {"segment": [20, 30], "label": "Jump"}]},
+    "v2": {"subset": "test", "duration": 30.0, "annotations": [{"segment": [5, 15], "label": "Run"}]},
+    "v3": {"subset": "validation", "duration": 30.0, "annotations": [{"segment": [0, 9], "label": "Run"}]}}}
+PRED_JSON = {"version": "t", "external_data": {}, "results": {
+    "v1": [{"label": "Run", "score": 0.9, "segment": [0, 8]}, {"label": "Jump", "score": 0.4, "segment": [20, 26]}],
+    "v2": [{"label": "Run", "score": 0.8, "segment": [40, 50]}, {"label": "Swim", "score": 0.1, "segment": [0, 1]}]}}
+
+
+def test_cli_table_and_json(tmp_path, capsys):
+    gt, pred = write_json(tmp_path / "gt.json", GT_JSON), write_json(tmp_path / "pred.json", PRED_JSON)
+    out = tmp_path / "res.json"
+    assert detection.main(["--ground-truth", gt, "--predictions", pred, "--subset", "test", "--tiou", "0.5", "0.7",
+                           "--json-out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "0.50" in printed.out and "0.70" in printed.out and "avg" in printed.out
+    assert "1 predictions of classes without ground truth" in printed.err
+    res = json.loads(out.read_text())
+    # Jump: tIoU 0.6 -> AP [1, 0]; Run (2 gt): TP (tIoU 0.8) then FP -> AP 1/2 at both thresholds
+    assert res["classes"] == ["Jump", "Run"] and res["tiou"] == [0.5, 0.7]
+    np.testing.assert_allclose(res["ap"], [[1.0, 0.5], [0.0, 0.5]])
+    np.testing.assert_allclose(res["mAP"], [0.75, 0.25])
+    assert res["average_mAP"] == pytest.approx(0.5)
+    # without --subset the validation video counts too: Run has 3 ground truths -> AP 1/3
+    assert detection.main(["--ground-truth", gt, "--predictions", pred, "--tiou", "0.5", "--json-out", str(out)]) == 0
+    np.testing.assert_allclose(json.loads(out.read_text())["ap"], [[1.0, 1 / 3]])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda g, p: p["results"]["v1"][0].pop("score"), "results['v1'][0] has no 'score' field"),
+    (lambda g, p: p.pop("results"), "no 'results' field"),
+    (lambda g, p: p["results"]["v1"][0].update(segment=[8, 2]), "results['v1'][0] has segment end 2.0 < start 8.0"),
+    (lambda g, p: p["results"]["v1"][0].update(segment=[1]), "has segment [1]"),
+    (lambda g, p: p["results"]["v1"][0].update(score="high"), "has score 'high'"),
+    (lambda g, p: g["database"]["v2"]["annotations"][0].update(segment=[15, 5]), "database['v2']['annotations'][0]"),
+    (lambda g, p: g["database"]["v2"]["annotations"][0].pop("label"), "has no 'label' field"),
+    (lambda g, p: g["database"]["v2"].update(subset="train"), None),  # fine: v2 just leaves the test subset
+])
+def test_cli_malformed_files(tmp_path, capsys, mutate, message):
+    g, p = json.loads(json.dumps(GT_JSON)), json.loads(json.dumps(PRED_JSON))
+    mutate(g, p)
+    gt, pred = write_json(tmp_path / "gt.json", g), write_json(tmp_path / "pred.json", p)
+    code = detection.main(["--ground-truth", gt, "--predictions", pred, "--subset", "test"])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0
+    else:
+        assert code == 2 and message in err and "Traceback" not in err and err.startswith("error: ")
+
+
+def test_cli_unknown_subset_and_bad_json(tmp_path, capsys):
+    gt, pred = write_json(tmp_path / "gt.json", GT_JSON), write_json(tmp_path / "pred.json", PRED_JSON)
+    assert detection.main(["--ground-truth", gt, "--predictions", pred, "--subset", "testing"]) == 2
+    assert "unknown subset 'testing'" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{oops")
+    assert detection.main(["--ground-truth", gt, "--predictions", str(tmp_path / "bad.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert detection.main(["--ground-truth", str(tmp_path / "none.json"), "--predictions", pred]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_as_module(tmp_path):
+    import subprocess
+    import sys
+
+    gt = write_json(tmp_path / "gt.json", GT_JSON)
+    pred = write_json(tmp_path / "pred.json", {"results": {"v1": [{"label": "Run", "segment": [0, 1]}]}})
+    run = subprocess.run([sys.executable, "-m", "eval.detection", "--ground-truth", gt, "--predictions", pred],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "no 'score' field" in run.stderr and "Traceback" not in run.stderr
