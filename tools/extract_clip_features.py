@@ -162,15 +162,17 @@ def preprocess(image: Image.Image, size: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- encoder
 
 class Encoder(Protocol):
-    """Maps uint8 crops (N,R,R,3) to float32 features (N,D); ``resolution`` = R, ``dim`` = D."""
+    """Maps uint8 crops (N,R,R,3) to features (N,D) (numpy or torch, any device); ``resolution`` = R,
+    ``dim`` = D."""
     resolution: int
     dim: int
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray: ...
+    def __call__(self, crops: np.ndarray) -> np.ndarray | torch.Tensor: ...
 
 
 class ClipImageEncoder:
-    """The CLIP image tower as an :class:`Encoder`: normalisation and encoding on ``device``."""
+    """The CLIP image tower as an :class:`Encoder`: normalisation and encoding on ``device``. The
+    features stay there (no synchronisation), so a GPU encodes while the CPU decodes on."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu"):
         self.model, self.device = model.eval(), torch.device(device)
@@ -179,16 +181,15 @@ class ClipImageEncoder:
         self.dtype = next(model.parameters()).dtype
 
     @torch.inference_mode()
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        x = normalize(torch.from_numpy(crops).to(self.device, non_blocking=True)).to(self.dtype)
-        return self.model.encode_image(x).float().cpu().numpy()
+    def __call__(self, crops: np.ndarray) -> torch.Tensor:
+        x = normalize(torch.from_numpy(crops).to(self.device)).to(self.dtype)
+        return self.model.encode_image(x).float()
 
 
 def load_encoder(backbone: str, device: torch.device | str = "cpu", download_root: str | None = None) -> ClipImageEncoder:
     """``clip.load(backbone)`` wrapped as an encoder (random-tiny etc. work without downloads)."""
     import clip
-    root = str(Path(download_root).expanduser()) if download_root else None
-    return ClipImageEncoder(clip.load(backbone, device=device, download_root=root), device)
+    return ClipImageEncoder(clip.load(backbone, device=device, download_root=download_root), device)
 
 
 # ----------------------------------------------------------------------------- one video
@@ -209,7 +210,7 @@ def extract_video(path: str | Path, encoder: Encoder, *, fps: Fraction = Fractio
     selector = FrameSelector(fps, snippet, offset, sampling)
     size = encoder.resolution
     crops: list[np.ndarray] = []
-    chunks: list[np.ndarray] = []
+    chunks: list[torch.Tensor] = []
     last: list[Any] = [None, None]        # (frame, crop) of the last conversion: reused for repeats
 
     def take(pairs: Iterable[tuple[int, Any]]) -> None:
@@ -218,7 +219,7 @@ def extract_video(path: str | Path, encoder: Encoder, *, fps: Fraction = Fractio
                 last[:] = [frame, np.asarray(resize_crop(frame.to_image(), size), dtype=np.uint8)]
             crops.append(last[1])
             if len(crops) == batch_size:
-                chunks.append(np.asarray(encoder(np.stack(crops)), dtype=np.float32))
+                chunks.append(torch.as_tensor(encoder(np.stack(crops))))
                 crops.clear()
 
     with av.open(str(path)) as container:
@@ -256,9 +257,10 @@ def extract_video(path: str | Path, encoder: Encoder, *, fps: Fraction = Fractio
         pairs, num = selector.finish(t_prev + tail)
         take(pairs)
     if crops:
-        chunks.append(np.asarray(encoder(np.stack(crops)), dtype=np.float32))
-    feats = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)
-    return np.ascontiguousarray(feats[:num], dtype=np.float32)
+        chunks.append(torch.as_tensor(encoder(np.stack(crops))))
+    if not chunks:
+        return np.zeros((0, encoder.dim), np.float32)
+    return np.ascontiguousarray(torch.cat(chunks)[:num].cpu().numpy(), dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- many videos
@@ -408,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", nargs="+", required=True, help="video folder(s), list file(s) (.txt, one path a line) or video files")
     p.add_argument("--out", required=True, help="output folder, e.g. features/<Name>-CLIP/<split>; writes <videoname>.npy")
     p.add_argument("--backbone", default="RN50", help="CLIP model: official name, checkpoint path, or random-tiny")
-    p.add_argument("--download-root", dest="download_root", default="~/.cache/clip", help="cache folder of CLIP checkpoints")
+    p.add_argument("--download-root", dest="download_root", default=None,
+                   help="cache folder of CLIP checkpoints (default: $PECR_CLIP_ROOT, else ~/.cache/clip)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=64, help="frames per encoder batch")
     p.add_argument("--fps", type=_fraction, default=Fraction(25), help="frame rate of the snippet grid (I3D: 25)")
