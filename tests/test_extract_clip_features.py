@@ -188,6 +188,34 @@ def test_extract_video_rows_come_from_the_right_frames(tmp_path, rate, n, codec,
     assert enc.frames <= T + 1                      # only the chosen frames are encoded (+ the dropped tail)
 
 
+@pytest.mark.parametrize("sampling", ex.SAMPLING)
+def test_extract_video_variable_frame_rate(tmp_path, sampling):
+    """Irregular timestamps (mkv, ms time base) starting at 0.5 s: the choice follows the pts from
+    the first frame on, not the frame count."""
+    pts = np.cumsum([500] + np.random.default_rng(1).integers(10, 90, 80).tolist()).tolist()
+    path = tmp_path / "vfr.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=30)
+        s.width, s.height, s.pix_fmt = 64, 48, "bgr0"
+        s.time_base = s.codec_context.time_base = Fraction(1, 1000)
+        for i, p in enumerate(pts):
+            img = np.empty((48, 64, 3), np.uint8)
+            img[:] = frame_colour(i)
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = p, Fraction(1, 1000)
+            for pk in s.encode(f):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    with av.open(str(path)) as c:                                      # the last frame's stored duration
+        last = list(c.decode(video=0))[-1]
+        assert last.pts == pts[-1]
+        t_end = Fraction(pts[-1] - pts[0] + last.duration, 1000)
+    feats = ex.extract_video(path, MeanColour(), sampling=sampling)
+    want = naive_selection([Fraction(p - pts[0], 1000) for p in pts], t_end, sampling=sampling)
+    assert len(want) >= 4 and [colour_index(r) for r in feats] == want.tolist()
+
+
 def test_extract_video_frame_option_and_fps(tmp_path):
     path = write_video(tmp_path / "v.avi", 120, Fraction(30))
     first = ex.extract_video(path, MeanColour(), offset=0)

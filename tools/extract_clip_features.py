@@ -233,21 +233,20 @@ def extract_video(path: str | Path, encoder: Encoder, *, fps: Fraction = Fractio
                                   if stream.duration and stream.time_base and rate else None)
         t0 = t_prev = gap = None
         last_frame = None
-        bar = tqdm(total=total, desc=Path(path).name, unit="frame", leave=False, disable=progress is False)
-        for i, frame in enumerate(container.decode(stream)):
-            bar.update()
-            t = _frame_time(frame, i, rate)
-            if t is None:
-                raise PECRError(f"{path}: frame {i} has no timestamp and the stream no frame rate")
-            t0 = t if t0 is None else t0
-            t -= t0
-            if t_prev is not None:
-                if t <= t_prev:            # duplicate / out-of-order timestamp: keep the earlier frame
-                    continue
-                gap = t - t_prev
-            take(selector.push(t, frame))
-            t_prev, last_frame = t, frame
-        bar.close()
+        with tqdm(total=total, desc=Path(path).name, unit="frame", leave=False, disable=progress is False) as bar:
+            for i, frame in enumerate(container.decode(stream)):
+                bar.update()
+                t = _frame_time(frame, i, rate)
+                if t is None:
+                    raise PECRError(f"{path}: frame {i} has no timestamp and the stream no frame rate")
+                t0 = t if t0 is None else t0
+                t -= t0
+                if t_prev is not None:
+                    if t <= t_prev:        # duplicate / out-of-order timestamp: keep the earlier frame
+                        continue
+                    gap = t - t_prev
+                take(selector.push(t, frame))
+                t_prev, last_frame = t, frame
         if last_frame is None:
             raise PECRError(f"{path}: no video frame could be decoded; the file is empty or corrupt")
         if last_frame.duration and last_frame.time_base is not None:
