@@ -267,7 +267,33 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
 
 
-def _segments(items: list, where: list[str], path: Path) -> np.ndarray:
+def _flatten(groups: dict, keys: Sequence[str], where: str, path: Path, hint: str):
+    """{video: [record, ...]} -> (video per record, {key: values}, locate(i) naming record i).
+
+    ``where`` formats a record's location from ``vid`` and ``j``; a missing key -> PECRError."""
+    for vid, records in groups.items():
+        if not isinstance(records, list):
+            raise PECRError(f"{path}: {where.format(vid=vid, j='')[:-2]} must be a list; {hint}")
+    try:
+        columns = {k: [r[k] for records in groups.values() for r in records] for k in keys}
+    except (KeyError, TypeError):
+        for vid, records in groups.items():
+            for j, r in enumerate(records):
+                for k in keys:
+                    _field(r, k, where.format(vid=vid, j=j), path, hint)
+        raise
+    videos = [str(v) for v, records in groups.items() for _ in records]
+    ends = np.cumsum([len(r) for r in groups.values()])
+    names = list(groups)
+
+    def locate(i: int) -> str:
+        g = int(np.searchsorted(ends, i, "right"))
+        return where.format(vid=names[g], j=i - (ends[g - 1] if g else 0))
+
+    return videos, columns, locate
+
+
+def _segments(items: list, locate, path: Path) -> np.ndarray:
     """(N, 2) float segments; PECRError for a malformed one or end < start."""
     try:
         seg = np.array(items, dtype=np.float64).reshape(len(items), 2)
@@ -277,12 +303,12 @@ def _segments(items: list, where: list[str], path: Path) -> np.ndarray:
     if not ok:
         for i, x in enumerate(items):
             if not (isinstance(x, (list, tuple)) and len(x) == 2 and all(_is_number(v) for v in x)):
-                raise PECRError(f"{path}: {where[i]} has segment {x!r}; a segment is [start, end] (two numbers)")
+                raise PECRError(f"{path}: {locate(i)} has segment {x!r}; a segment is [start, end] (two numbers)")
         seg = np.array(items, dtype=np.float64).reshape(len(items), 2)
     bad = np.flatnonzero(seg[:, 1] < seg[:, 0])
     if bad.size:
         i = bad[0]
-        raise PECRError(f"{path}: {where[i]} has segment end {seg[i, 1]} < start {seg[i, 0]}; fix the segment")
+        raise PECRError(f"{path}: {locate(i)} has segment end {seg[i, 1]} < start {seg[i, 0]}; fix the segment")
     return seg
 
 
@@ -302,21 +328,12 @@ def load_activitynet_ground_truth(path: str | Path, subset: str | None = None) -
         subsets = {str(_field(v, "subset", f"database[{k!r}]", path, hint)) for k, v in database.items()}
         if subset not in subsets:
             raise PECRError(f"{path}: unknown subset {subset!r}; the file has subsets {sorted(subsets)}")
-    videos, labels, items, where = [], [], [], []
-    for vid, entry in database.items():
-        if subset is not None and str(entry["subset"]) != subset:
-            continue
-        anns = _field(entry, "annotations", f"database[{vid!r}]", path, hint)
-        if not isinstance(anns, list):
-            raise PECRError(f"{path}: database[{vid!r}]['annotations'] must be a list; {hint}")
-        for j, ann in enumerate(anns):
-            w = f"database[{vid!r}]['annotations'][{j}]"
-            items.append(_field(ann, "segment", w, path, hint))
-            labels.append(str(_field(ann, "label", w, path, hint)))
-            videos.append(str(vid))
-            where.append(w)
-    seg = _segments(items, where, path)
-    return pd.DataFrame({"video-id": videos, "label": labels, "t-start": seg[:, 0], "t-end": seg[:, 1]})
+    groups = {vid: _field(entry, "annotations", f"database[{vid!r}]", path, hint) for vid, entry in database.items()
+              if subset is None or str(entry["subset"]) == subset}
+    videos, cols, locate = _flatten(groups, ("segment", "label"), "database[{vid!r}]['annotations'][{j}]", path, hint)
+    seg = _segments(cols["segment"], locate, path)
+    return pd.DataFrame({"video-id": videos, "label": [str(x) for x in cols["label"]],
+                         "t-start": seg[:, 0], "t-end": seg[:, 1]})
 
 
 def load_activitynet_predictions(path: str | Path) -> pd.DataFrame:
@@ -328,24 +345,14 @@ def load_activitynet_predictions(path: str | Path) -> pd.DataFrame:
     results = _field(data, "results", "the file", path, hint)
     if not isinstance(results, dict):
         raise PECRError(f"{path}: 'results' must map video ids to lists of predictions; {hint}")
-    videos, labels, scores, items, where = [], [], [], [], []
-    for vid, preds in results.items():
-        if not isinstance(preds, list):
-            raise PECRError(f"{path}: results[{vid!r}] must be a list of predictions; {hint}")
-        for j, p in enumerate(preds):
-            w = f"results[{vid!r}][{j}]"
-            items.append(_field(p, "segment", w, path, hint))
-            labels.append(str(_field(p, "label", w, path, hint)))
-            scores.append(_field(p, "score", w, path, hint))
-            videos.append(str(vid))
-            where.append(w)
-    bad = [i for i, s in enumerate(scores) if not _is_number(s)]
+    videos, cols, locate = _flatten(results, ("segment", "label", "score"), "results[{vid!r}][{j}]", path, hint)
+    scores = cols["score"]
+    bad = [i for i, s in enumerate(scores) if type(s) not in (int, float) or s != s]
     if bad:
-        raise PECRError(f"{path}: {where[bad[0]]} has score {scores[bad[0]]!r}; a score is a number")
-    score = np.array(scores, dtype=np.float64).reshape(-1)
-    seg = _segments(items, where, path)
-    return pd.DataFrame({"video-id": videos, "label": labels, "t-start": seg[:, 0], "t-end": seg[:, 1],
-                         "score": score})
+        raise PECRError(f"{path}: {locate(bad[0])} has score {scores[bad[0]]!r}; a score is a number")
+    seg = _segments(cols["segment"], locate, path)
+    return pd.DataFrame({"video-id": videos, "label": [str(x) for x in cols["label"]], "t-start": seg[:, 0],
+                         "t-end": seg[:, 1], "score": np.array(scores, dtype=np.float64).reshape(-1)})
 
 
 def _format_result(result: DetectionResult) -> str:
