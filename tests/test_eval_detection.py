@@ -98,6 +98,26 @@ def test_matches_naive_loop_on_random_cases(integer, thresholds):
         assert np.array_equal(np.isnan(got), np.isnan(want))
 
 
+def test_matches_naive_loop_on_dense_ground_truth():
+    """Many predictions competing for contiguous ground truths: long chains of dependent matches."""
+    rng = np.random.default_rng(2)
+    start = np.arange(40.0)
+    gt = gt_table({"video-id": "v", "label": 0, "t-start": start, "t-end": start + 1 + (rng.random(40) < 0.3)})
+    s = rng.integers(0, 40, 300) + rng.choice([0, 0.5], 300)
+    pred = pred_table({"video-id": "v", "label": 0, "t-start": s, "t-end": s + rng.choice([0.5, 1, 1.5, 2], 300),
+                       "score": rng.random(300)})
+    thresholds = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    np.testing.assert_allclose(detection_ap(gt, pred, thresholds), naive_ap(gt, pred, thresholds, [0]), atol=1e-9, rtol=0)
+
+
+def test_no_predictions_and_any_row_index():
+    gt = gt_table([("v", 0, 0, 10), ("w", 1, 0, 10)])
+    assert detection_ap(gt, pred_table([]), [0.5]).tolist() == [[0.0, 0.0]]
+    pred = pred_table([("w", 1, 0, 10, 0.2), ("v", 0, 0, 10, 0.1)])
+    pred.index = [7, 3]  # filtered / shuffled tables keep their index
+    assert detection_ap(gt.iloc[::-1], pred, [0.5]).tolist() == [[1.0, 1.0]]
+
+
 # ----------------------------------------------------------------------------- hand-computed cases
 
 def test_duplicate_detections():

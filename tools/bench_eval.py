@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -92,10 +93,13 @@ def _median_time(fn, repeat: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python tools/bench.py eval")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement (median reported)")
-    p.add_argument("--shared", default=str(ROOT.parent / "shared"), help="folder holding data/ with the real annotations")
+    p.add_argument("--shared", default=os.environ.get("PECR_SHARED", str(ROOT.parent / "shared")),
+                   help="folder holding data/ with the real annotations (default: $PECR_SHARED or ../shared)")
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     data = Path(args.shared) / "data"
+    if not data.is_dir():
+        raise SystemExit(f"{data} not found: the benchmark needs the real annotations (pass --shared DIR)")
     out = {}
 
     thumos_dir = data / "Thumos14reduced-Annotations"
