@@ -67,7 +67,7 @@ class ProposalConfig:
         return np.linspace(self.act_s, self.act_e, self.act_num)
 
 
-def _inputs(cas, attention) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(cas, attention, video_id: str = "") -> tuple[np.ndarray, np.ndarray]:
     cas, attention = np.asarray(cas), np.asarray(attention)
     if cas.ndim == 3 and cas.shape[0] == 1:
         cas = cas[0]
@@ -75,6 +75,9 @@ def _inputs(cas, attention) -> tuple[np.ndarray, np.ndarray]:
     if cas.ndim != 2 or cas.shape[0] == 0 or cas.shape[1] < 2 or attention.shape != (cas.shape[0],):
         raise PECRError(f"proposals need CAS (T, C+1) and attention (T,) with T >= 1; got {cas.shape} and "
                         f"{attention.shape}")
+    if not (np.isfinite(cas).all() and np.isfinite(attention).all()):
+        where = f" of video {video_id}" if video_id else ""
+        raise PECRError(f"CAS or attention{where} holds NaN/inf; the model diverged or the checkpoint is broken")
     return cas, attention
 
 
@@ -169,7 +172,7 @@ def soft_nms(start: np.ndarray, end: np.ndarray, score: np.ndarray, sigma: float
 def video_proposals(cas, attention, cfg: ProposalConfig, video_id: str) -> pd.DataFrame:
     """Scored segments of one video (SPEC §5 steps 1-5) -> table video-id, label (class index),
     t-start, t-end (int snippets, [s, e+1)), score. cas (T, C+1) with background last, attention (T,)."""
-    cas, attention = _inputs(cas, attention)
+    cas, attention = _inputs(cas, attention, video_id)
     energy = (cas * attention[:, None]).astype(np.float64)  # E (T, C+1)
     attention = attention.astype(np.float64)
     T = energy.shape[0]

@@ -212,6 +212,8 @@ def test_video_proposals_by_hand():
 def test_video_proposals_input_checks():
     with pytest.raises(PECRError, match="CAS"):
         video_proposals(np.zeros((5, 3)), np.zeros(4), ProposalConfig(), "v")
+    with pytest.raises(PECRError, match="video v7 holds NaN"):
+        video_proposals(np.full((5, 3), np.nan), np.zeros(5), ProposalConfig(), "v7")
     out = video_proposals(np.zeros((1, 5, 3)), np.zeros((5, 1)), ProposalConfig(), "v")  # batch of one accepted
     assert len(out) == 0 or set(out.columns) == {"video-id", "label", "t-start", "t-end", "score"}
 
