@@ -376,10 +376,10 @@ def init_parameters(model: CLIP, generator: torch.Generator) -> CLIP:
     def normal(t: torch.Tensor, std: float) -> None:
         t.normal_(0.0, std, generator=generator)
 
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            fan_in = module.weight[0].numel()
-            normal(module.weight, fan_in ** -0.5)
+            if "resblocks." not in name:                 # transformer weights: drawn below
+                normal(module.weight, module.weight[0].numel() ** -0.5)
             if module.bias is not None:
                 module.bias.zero_()
         elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):

@@ -254,6 +254,21 @@ def test_config_inferred_from_state_dict(config):
     assert build_model(sd, copy=False).text_projection.data_ptr() == model.text_projection.data_ptr()
 
 
+@pytest.mark.parametrize("config", [tiny_config(), TINY_RN])
+def test_random_init_fills_every_tensor(config):
+    a, b = random_model(config, seed=0).state_dict(), random_model(config, seed=1).state_dict()
+    for name, t in a.items():
+        assert torch.isfinite(t.float()).all(), name
+        if name == "logit_scale":
+            assert t.item() == pytest.approx(math.log(1 / 0.07))
+        elif name.endswith(("bias", "running_mean", "num_batches_tracked")):
+            assert t.eq(0).all(), name
+        elif t.ndim == 1 and name != "visual.class_embedding" or name.endswith("running_var"):   # norms
+            assert t.eq(1).all(), name
+        else:                                                   # drawn from the generator
+            assert not torch.equal(t, b[name]) and t.std() > 0, name
+
+
 def test_random_models_are_deterministic_and_leave_global_rng():
     state = torch.get_rng_state()
     a, b = clip.load("random-tiny"), clip.load("random-tiny")
