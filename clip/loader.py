@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         if _is_torchscript(path):
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():           # TorchScript is deprecated, but it is the release format
+                warnings.simplefilter("ignore", DeprecationWarning)
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
