@@ -91,7 +91,8 @@ def guide_loss(att: Tensor, att_v: Tensor, att_f: Tensor, cas: Tensor) -> Tensor
 
 def distillation_loss(mu: Tensor, clip_features: Tensor) -> Tensor:
     """-log mean_{b,t} (cos(mu, c) + 1) / 2: mu, clip_features (B, T, D)."""
-    s = (F.cosine_similarity(mu, clip_features, dim=-1) + 1) / 2
+    c_hat = F.normalize(clip_features.detach(), dim=-1, eps=1e-8)       # constant: no gradient needed
+    s = ((mu * c_hat).sum(-1) / mu.norm(dim=-1).clamp_min(1e-8) + 1) / 2
     return -torch.log(s.mean())
 
 
@@ -280,9 +281,12 @@ class PECRLoss:
         if w["metric_action"] or w["metric_background"]:
             mined = mine_snippets(out.attention, o.k_easy, o.k_hard, o.mining_M, o.mining_m, o.hard_mining,
                                   o.mining_dropout, mask=mining_mask, generator=generator)
-            pick = lambda idx: (gather(out.mu, idx), gather(out.var, idx))
-            ea, eb, ha, hb = (pick(i) for i in (mined.easy_action, mined.easy_background,
-                                                 mined.hard_action, mined.hard_background))
+            # one gather per tensor (one scatter-add in backward instead of four)
+            sets = (mined.easy_action, mined.easy_background, mined.hard_action, mined.hard_background)
+            sizes = [i.shape[1] for i in sets]
+            idx = torch.cat(sets, dim=1)
+            mus, vs = gather(out.mu, idx).split(sizes, dim=1), gather(out.var, idx).split(sizes, dim=1)
+            ea, eb, ha, hb = zip(mus, vs)
             if w["metric_action"]:
                 terms["metric_action"] = w["metric_action"] * metric_learning_loss(ha, ea, eb, o.metric, o.var_eps)
             if w["metric_background"]:

@@ -31,7 +31,17 @@ SLOPE = 0.2  # LeakyReLU slope everywhere (SPEC §2.1)
 
 
 def lrelu(x: Tensor) -> Tensor:
-    return F.leaky_relu(x, SLOPE)
+    """In place: applied only to fresh convolution / dropout outputs, which their own backward does
+    not need (LeakyReLU's backward needs only its output's sign)."""
+    return F.leaky_relu(x, SLOPE, inplace=True)
+
+
+def drop_lrelu(x: Tensor, drop: nn.Dropout) -> Tensor:
+    """Drop(LReLU(x)) of SPEC §2.1, computed as LReLU(Drop(x)): equal (up to float rounding) because
+    LReLU is positively homogeneous and dropout multiplies by 0 or 1/(1-p) >= 0, with the same mask.
+    This order keeps one activation per layer alive for backward instead of two (-100 MB at the
+    THUMOS14 shapes)."""
+    return lrelu(drop(x))
 
 
 @dataclass
@@ -94,12 +104,13 @@ class CrossModalConsensus(nn.Module):
         _init_(self)
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        e = self.drop(lrelu(self.encoder(y)))
-        g = self.drop(lrelu(self.global_conv(x.mean(-1, keepdim=True))))     # (B, S, 1)
-        l = self.drop(lrelu(self.local_conv(e)))                              # (B, S, T)
-        a = (F.normalize(g, dim=1) * F.normalize(l, dim=1)).sum(1, keepdim=True)  # (B, 1, T)
+        e = drop_lrelu(self.encoder(y), self.drop)
+        g = drop_lrelu(self.global_conv(x.mean(-1, keepdim=True)), self.drop)  # (B, S, 1)
+        l = drop_lrelu(self.local_conv(e), self.drop)                          # (B, S, T)
+        # a(t) = <g/|g|, l(t)/|l(t)|>: one (1 x S) @ (S x T) product per video, then the norm of l
+        a = (F.normalize(g, dim=1).transpose(1, 2) @ l) / l.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (B, 1, T)
         x_f = torch.sigmoid(l * a) * x
-        h = self.drop(lrelu(self.attn_conv1(x_f)))
+        h = drop_lrelu(self.attn_conv1(x_f), self.drop)
         h = lrelu(self.attn_conv2(h))
         attention = torch.sigmoid(self.drop(self.attn_conv3(h)))
         return attention.squeeze(1), x_f
@@ -115,7 +126,7 @@ class ProbabilisticAdapter(nn.Module):
         _init_(self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.fc_mean(x), F.relu(self.fc_var(x))
+        return self.fc_mean(x), F.relu(self.fc_var(x), inplace=True)  # in place on the fresh linear output
 
 
 def train_cas(mu: Tensor, var: Tensor, text: Tensor, noise_mean: Tensor, temperature: float) -> Tensor:
@@ -199,9 +210,11 @@ class PECR(nn.Module):
         rgb, flow = x.split(self.feature_size // 2, dim=1)
         att_v, x_v = self.consensus_v(rgb, flow)
         att_f, x_f = self.consensus_f(flow, rgb)
-        f0 = self.fusion_drop(lrelu(self.fusion1(torch.cat([x_v, x_f], dim=1))))
-        f1 = self.fusion_drop(lrelu(self.fusion2(f0)))
-        f0, f1 = f0.transpose(1, 2), f1.transpose(1, 2)               # (B, T, F)
+        f0 = drop_lrelu(self.fusion1(torch.cat([x_v, x_f], dim=1)), self.fusion_drop)
+        # F1 is made time-major (one copy) before its LReLU, so that a single (B, T, F) tensor serves the
+        # LReLU's and both adapter linears' backward (F.linear would copy a transposed view each time).
+        f1 = lrelu(self.fusion_drop(self.fusion2(f0)).transpose(1, 2).contiguous())   # (B, T, F)
+        f0 = f0.transpose(1, 2)                                                          # (B, T, F) view
         mu, var = self.adapter(f1)
         text = self.encode_text() if text_features is None else text_features
         cas, samples = self._cas(mu, var, text, generator, return_samples)
@@ -236,8 +249,14 @@ class PECR(nn.Module):
         return cas, torch.stack(zs, dim=-2) if return_samples else None
 
 
-def build_model(opts, class_phrases: list[str], device: str | torch.device = "cpu") -> PECR:
-    """The production model: frozen CLIP (``opts.clip_backbone``) + ``clip.PromptLearner`` text side."""
+def build_model(opts, class_phrases: list[str], device: str | torch.device = "cpu", full_clip: bool = False) -> PECR:
+    """The production model: frozen CLIP (``opts.clip_backbone``) + ``clip.PromptLearner`` text side.
+
+    Unless ``full_clip``, the CLIP parts PECR never runs are dropped once the prompt learner is
+    built: the image tower (PECR reads precomputed CLIP image features) and the token-embedding
+    table (the prompt learner keeps the embeddings of its fixed tokens as buffers) -- 250 MB for
+    RN50. The tokenizer reads ``opts.clip_vocab`` when set.
+    """
     import clip
     from utils.device import resolve_device
 
@@ -246,6 +265,9 @@ def build_model(opts, class_phrases: list[str], device: str | torch.device = "cp
     tokenizer = clip.SimpleTokenizer(vocab_path=opts.clip_vocab) if opts.clip_vocab else None
     prompts = clip.PromptLearner(clip_model, class_phrases, opts.prompt_prefix, opts.prompt_postfix,
                                  opts.prompt_init_std, tokenizer=tokenizer)
+    if not full_clip:
+        clip_model.visual = None
+        clip_model.token_embedding = None
     model = PECR.from_options(opts, len(class_phrases), clip_model.embed_dim, prompts)
     model.clip_backbone = opts.clip_backbone
     return model.to(device)

@@ -254,6 +254,14 @@ def test_build_model_random_tiny_trains_prompts_only(clip_vocab):
     model = build_model(opts, phrases, opts.device)
     assert isinstance(model.text_encoder, clip.PromptLearner) and model.clip_backbone == "random-tiny"
     assert model.clip_dim == model.text_encoder.clip_model.embed_dim
+    clip_model = model.text_encoder.clip_model   # the parts PECR never runs are dropped ...
+    assert clip_model.visual is None and clip_model.token_embedding is None
+    full = build_model(opts, phrases, "cpu", full_clip=True)  # ... unless asked, same text features
+    assert full.text_encoder.clip_model.visual is not None and full.text_encoder.clip_model.token_embedding is not None
+    full.text_encoder.load_state_dict(model.text_encoder.state_dict(), strict=False)
+    full.text_encoder.prompt_table.data.copy_(model.text_encoder.prompt_table.data)
+    with torch.no_grad():
+        torch.testing.assert_close(full.encode_text(), model.encode_text())
     model.train()
     assert not model.text_encoder.clip_model.training
     B, T = 4, 33
