@@ -116,6 +116,9 @@ def test_load_model_state_mismatches():
     with pytest.raises(PECRError, match="missing"):
         ck.load_model_state(make(), partial)
     assert ck.load_model_state(make(), partial, strict=False)["missing"] == ["fusion2.bias"]
+    with_clip = ck.model_state(make(), include_clip=True)      # a trimmed model skips CLIP keys it lacks
+    with_clip["state_dict"][ck.CLIP_PREFIX + "visual.conv1.weight"] = torch.zeros(1)
+    assert ck.load_model_state(make(), with_clip) == {"missing": [], "unexpected": []}
 
 
 # ----------------------------------------------------------------------------- release names

@@ -51,7 +51,8 @@ def load_model_state(model: nn.Module, state: dict[str, Any], strict: bool = Tru
     """Load ``model_state`` output (or a bare state dict) into ``model`` after checking it fits.
 
     Raises PECRError on a class-count, feature-width or CLIP-width mismatch, on a tensor whose
-    shape differs, and (``strict``) on missing or unexpected keys. CLIP keys are never required.
+    shape differs, and (``strict``) on missing or unexpected keys. CLIP keys are never required,
+    and CLIP keys the model lacks (its unused image tower, say) are skipped.
     Returns {"missing": [...], "unexpected": [...]} (non-empty only when not strict).
     """
     if not isinstance(state, dict):
@@ -63,8 +64,9 @@ def load_model_state(model: nn.Module, state: dict[str, Any], strict: bool = Tru
         if key in own and tuple(own[key].shape) != tuple(value.shape):
             raise PECRError(f"checkpoint tensor {key} has shape {tuple(value.shape)}, the model expects "
                             f"{tuple(own[key].shape)}: checkpoint made with other --feature-size / --clip-backbone?")
+    # CLIP keys are optional both ways: a model built without CLIP's unused parts ignores them
     missing = sorted(k for k in own if k not in sd and not k.startswith(CLIP_PREFIX))
-    unexpected = sorted(k for k in sd if k not in own)
+    unexpected = sorted(k for k in sd if k not in own and not k.startswith(CLIP_PREFIX))
     if strict and (missing or unexpected):
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise PECRError(f"checkpoint does not match the model ({what}, {len(missing)} missing, "
