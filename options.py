@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-iter", dest="max_iter", type=int, default=9001, help="training iterations (0 .. max_iter-1)")
     g.add_argument("--interval", type=int, default=50, help="evaluate every this many iterations once past --warmup-iter")
     g.add_argument("--warmup-iter", dest="warmup_iter", type=int, default=3000, help="no evaluation up to this iteration")
+    g.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=500, help="also write last.pt (the --resume point) every this many iterations")
     g.add_argument("--eval-at-start", dest="eval_at_start", type=B, default=False, help="also evaluate the untrained model at iteration 0")
 
     g = p.add_argument_group("inference and proposals (SPEC §5)")
@@ -208,17 +209,21 @@ def _load_yaml(path: str, valid_keys: set[str]) -> dict[str, Any]:
     return data
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Resolve the options: defaults < preset < YAML < command line."""
+def parse_args(argv: Sequence[str] | None = None, base: dict[str, Any] | None = None) -> argparse.Namespace:
+    """Resolve the options: defaults < preset < ``base`` < YAML < command line.
+
+    ``base`` is a saved option dict (e.g. the one stored in a checkpoint, used by test.py).
+    """
     parser = build_parser()
     valid = {a.dest for a in parser._actions if a.dest != "help"}
     first, _ = parser.parse_known_args(argv)
     yaml_values = _load_yaml(first.config, valid) if first.config else {}
+    base = {k: v for k, v in (base or {}).items() if k in valid and k != "config"}
     explicit = first.dataset if _given_on_command_line(parser, argv, "dataset") else None
-    dataset = explicit or yaml_values.get("dataset") or "thumos"
+    dataset = explicit or yaml_values.get("dataset") or base.get("dataset") or "thumos"
     if dataset not in DATASETS:
         raise PECRError(f"config file {first.config}: dataset {dataset!r} is not one of {', '.join(DATASETS)}")
-    defaults = {**PRESETS[dataset], **yaml_values, "dataset": dataset}
+    defaults = {**PRESETS[dataset], **base, **yaml_values, "dataset": dataset}
     parser.set_defaults(**defaults)
     opts = parser.parse_args(argv)
     for key in ("tiou_thresholds",):

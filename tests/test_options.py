@@ -69,3 +69,13 @@ def test_shipped_configs_parse(name):
     from pathlib import Path
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     options.parse_args(["--config", str(path)])
+
+
+def test_saved_options_as_base_rank_below_yaml_and_command_line(tmp_path):
+    saved = options.options_to_dict(options.parse_args(["--dataset", "activitynet", "--k-easy", "9", "--lr", "0.5"]))
+    o = options.parse_args([], base=saved)
+    assert o.dataset == "activitynet" and o.k_easy == 9 and o.lr == 0.5 and o.max_seqlen == 60
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("k_easy: 4\n")
+    o = options.parse_args(["--config", str(cfg), "--lr", "0.25"], base=saved)
+    assert (o.k_easy, o.lr, o.dataset) == (4, 0.25, "activitynet")
