@@ -91,8 +91,9 @@ def guide_loss(att: Tensor, att_v: Tensor, att_f: Tensor, cas: Tensor) -> Tensor
 
 def distillation_loss(mu: Tensor, clip_features: Tensor) -> Tensor:
     """-log mean_{b,t} (cos(mu, c) + 1) / 2: mu, clip_features (B, T, D)."""
-    c_hat = F.normalize(clip_features.detach(), dim=-1, eps=1e-8)       # constant: no gradient needed
-    s = ((mu * c_hat).sum(-1) / mu.norm(dim=-1).clamp_min(1e-8) + 1) / 2
+    c = clip_features.detach()                                   # saved for backward as is: no copy
+    cos = (mu * c).sum(-1) / (mu.norm(dim=-1) * c.norm(dim=-1)).clamp_min(1e-8)
+    s = (cos + 1) / 2
     return -torch.log(s.mean())
 
 

@@ -115,11 +115,12 @@ def head_step(model, features: torch.Tensor) -> None:
     element-wise op and dropout), without text encoder, sampling, CAS or losses."""
     from model import drop_lrelu
 
+    S = model.feature_size // 2
     x = features.transpose(1, 2)
-    rgb, flow = x.split(model.feature_size // 2, dim=1)
-    att_v, x_v = model.consensus_v(rgb, flow)
-    att_f, x_f = model.consensus_f(flow, rgb)
-    f0 = drop_lrelu(model.fusion1(torch.cat([x_v, x_f], 1)), model.fusion_drop)
+    rgb, flow = x.split(S, dim=1)
+    filtered = torch.cat([model.consensus_v.filter(rgb, flow), model.consensus_f.filter(flow, rgb)], dim=1)
+    att_v, att_f = model.consensus_v.attend(filtered[:, :S]), model.consensus_f.attend(filtered[:, S:])
+    f0 = drop_lrelu(model.fusion1(filtered), model.fusion_drop)
     f1 = F.leaky_relu(model.fusion_drop(model.fusion2(f0)).transpose(1, 2).contiguous(), 0.2, inplace=True)
     mu, var = model.adapter(f1)
     (mu.sum() + var.sum() + att_v.sum() + att_f.sum()).backward()
@@ -231,9 +232,11 @@ def main(argv: list[str] | None = None) -> None:
         # everything outside the CO2-Net head + adapter: text encoder, sampling, CAS, mining, losses,
         # data, optimizer
         result[f"{tag}outside_head_fraction"] = med([1 - table["head"][i - 1] / steps[i - 1] for i in rounds])
+    bank_mb = (bank.features.nbytes + bank.clip.nbytes) / 2**20
     result.update({"setup_rss_mb": round(setup_mb, 1), "train_peak_rss_mb": round(train_peak_mb, 1),
+                   "train_peak_rss_mb_without_data": round(train_peak_mb - bank_mb, 1),
                    "peak_is_training_only": peak_reset, "fixed_mmap_threshold": mmap_fixed,
-                   "feature_bank_mb": round((bank.features.nbytes + bank.clip.nbytes) / 2**20, 1),
+                   "feature_bank_mb": round(bank_mb, 1),
                    "trainable_params": sum(p.numel() for p in trainable)})
     print(json.dumps(result))
 
