@@ -272,19 +272,30 @@ class PECR(nn.Module):
         return cas, torch.stack(zs, dim=-2) if return_samples else None
 
 
-def build_model(opts, class_phrases: list[str], device: str | torch.device = "cpu", full_clip: bool = False) -> PECR:
+def load_clip(opts, device: str | torch.device = "cpu"):
+    """The frozen CLIP named by ``opts.clip_backbone`` (name, file or random-*) on ``device``, eval mode."""
+    import clip
+    from utils.device import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    return clip.load(opts.clip_backbone, device=device, download_root=opts.clip_download_root)
+
+
+def build_model(opts, class_phrases: list[str], device: str | torch.device = "cpu", clip_model=None,
+                full_clip: bool = False) -> PECR:
     """The production model: frozen CLIP (``opts.clip_backbone``) + ``clip.PromptLearner`` text side.
 
-    Unless ``full_clip``, the CLIP parts PECR never runs are dropped once the prompt learner is
-    built: the image tower (PECR reads precomputed CLIP image features) and the token-embedding
-    table (the prompt learner keeps the embeddings of its fixed tokens as buffers) -- 250 MB for
-    RN50. The tokenizer reads ``opts.clip_vocab`` when set.
+    ``clip_model``: an already loaded CLIP (from :func:`load_clip`; the model takes it over), else
+    it is loaded here. Unless ``full_clip``, the CLIP parts PECR never runs are dropped once the
+    prompt learner is built: the image tower (PECR reads precomputed CLIP image features) and the
+    token-embedding table (the prompt learner keeps the embeddings of its fixed tokens as buffers)
+    -- 250 MB for RN50. The tokenizer reads ``opts.clip_vocab`` when set.
     """
     import clip
     from utils.device import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    clip_model = clip.load(opts.clip_backbone, device=device, download_root=opts.clip_download_root)
+    clip_model = load_clip(opts, device) if clip_model is None else clip_model.to(device)
     tokenizer = clip.SimpleTokenizer(vocab_path=opts.clip_vocab) if opts.clip_vocab else None
     prompts = clip.PromptLearner(clip_model, class_phrases, opts.prompt_prefix, opts.prompt_postfix,
                                  opts.prompt_init_std, tokenizer=tokenizer)

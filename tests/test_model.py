@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import losses
-from model import PECR, PECROutput, build_model, sample, train_cas
+from model import PECR, PECROutput, build_model, load_clip, sample, train_cas
 from options import parse_args
 from utils.device import resolve_device
 from utils.errors import PECRError
@@ -258,7 +258,7 @@ def test_build_model_random_tiny_trains_prompts_only(clip_vocab):
     assert set(_release_table().values()) == {k for k in model.state_dict() if not k.startswith(CLIP_PREFIX)}
     clip_model = model.text_encoder.clip_model   # the parts PECR never runs are dropped ...
     assert clip_model.visual is None and clip_model.token_embedding is None
-    full = build_model(opts, phrases, "cpu", full_clip=True)  # ... unless asked, same text features
+    full = build_model(opts, phrases, "cpu", clip_model=load_clip(opts), full_clip=True)  # ... unless asked
     assert full.text_encoder.clip_model.visual is not None and full.text_encoder.clip_model.token_embedding is not None
     full.text_encoder.load_state_dict(model.text_encoder.state_dict(), strict=False)
     full.text_encoder.prompt_table.data.copy_(model.text_encoder.prompt_table.data)
