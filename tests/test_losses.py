@@ -3,7 +3,6 @@ numpy), on random inputs of several shapes; mining against scipy's binary erosio
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 the CLIP-dependent checks (real prompt learner, RN50-sized text tower) at the end."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
