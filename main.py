@@ -1,0 +1,139 @@
+"""Train PECR: ``python main.py --dataset thumos`` (see options.py, configs/ and README.md).
+
+Run folder ``<output-dir>/<model-name>/``: ``options.yaml`` (resolved options; ``--config`` it
+to reproduce the run), ``last.pt`` (resume point), ``best.pt`` (best by the dataset's
+criterion), ``metrics.jsonl`` (one record per evaluation, fractions), ``results.txt`` (tables in
+percent) and ``tensorboard/``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import options
+from dataset import WTALDataset
+from eval.report import format_table, selection_score
+from losses import PECRLoss
+from model import build_model, load_clip
+from test import evaluate
+from train import make_optimizer, train_step
+from utils.checkpoint import load_checkpoint, load_model_state, model_state, save_checkpoint
+from utils.device import resolve_device
+from utils.errors import PECRError
+from utils.io import append_line
+from utils.seed import rng_state, seed_everything, set_rng_state
+
+
+def should_evaluate(iteration: int, opts) -> bool:
+    """After training step ``iteration``: every ``interval`` once past ``warmup_iter``, and at the last step."""
+    past_warmup = iteration > opts.warmup_iter
+    return past_warmup and (iteration % opts.interval == 0 or iteration == opts.max_iter - 1)
+
+
+class Run:
+    """Everything one training run holds: data, model, objective, optimizer, sampler RNG, logs."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.dir = Path(opts.output_dir) / opts.model_name
+        seed_everything(opts.seed)
+        self.device = resolve_device(opts.device)
+        clip_model = load_clip(opts, self.device)
+        if opts.synthetic_generate:
+            from tools.make_synthetic import ensure_synthetic
+            ensure_synthetic(opts, clip_model.embed_dim)
+        self.dataset = WTALDataset(opts, clip_dim=clip_model.embed_dim)
+        self.model = build_model(opts, self.dataset.class_phrases, self.device, clip_model=clip_model)
+        self.criterion = PECRLoss(opts)
+        self.optimizer = make_optimizer(self.model, opts)
+        self.rng = np.random.default_rng(opts.seed)  # training-batch sampler
+        self.start, self.best = 0, -float("inf")
+
+    # ------------------------------------------------------------------ checkpoints
+    def payload(self, iteration: int) -> dict:
+        return {"model": model_state(self.model), "optimizer": self.optimizer.state_dict(), "iteration": iteration,
+                "best": self.best, "sampler": self.rng.bit_generator.state, "rng": rng_state(),
+                "options": options.options_to_dict(self.opts), "classlist": self.dataset.classlist}
+
+    def save(self, name: str, iteration: int) -> None:
+        save_checkpoint(self.dir / name, self.payload(iteration))
+
+    def resume(self) -> None:
+        ckpt = load_checkpoint(self.dir / "last.pt", map_location=self.device)
+        load_model_state(self.model, ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.rng.bit_generator.state = ckpt["sampler"]
+        set_rng_state(ckpt["rng"])
+        self.start, self.best = ckpt["iteration"] + 1, ckpt["best"]
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, iteration: int, writer: SummaryWriter) -> dict:
+        record = evaluate(self.model, self.dataset, self.opts, iteration).record
+        for t, m in zip(record["tiou"], record["mAP"]):
+            writer.add_scalar(f"mAP/tIoU={t:g}", 100 * m, iteration)
+        for name, value in record["average_mAP"].items():
+            writer.add_scalar(f"mAP/avg {name}", 100 * value, iteration)
+        writer.add_scalar("mAP/classification", 100 * record["cmAP"], iteration)
+        append_line(self.dir / "metrics.jsonl", json.dumps(record))
+        table = format_table(record, self.opts.protocol)
+        append_line(self.dir / "results.txt", table + "\n")
+        tqdm.write(table)
+        return record
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict | None:
+        opts = self.opts
+        self.dir.mkdir(parents=True, exist_ok=True)
+        options.save_options(opts, self.dir / "options.yaml")
+        if opts.resume:
+            self.resume()
+        writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self.start)
+        record = None
+        if opts.eval_at_start and self.start == 0:
+            record = self.evaluate(0, writer)
+        bar = tqdm(range(self.start, opts.max_iter), initial=self.start, total=opts.max_iter, desc="train", unit="it")
+        running = None
+        try:
+            for iteration in bar:
+                batch = self.dataset.train_batch(self.rng, self.device)
+                terms = train_step(self.model, self.criterion, self.optimizer, batch, iteration)
+                running = terms["total"] if running is None else 0.95 * running + 0.05 * terms["total"]
+                bar.set_postfix(loss=f"{running:.4f}")
+                for name, value in terms.items():
+                    writer.add_scalar(f"loss/{name}", value, iteration)
+                if should_evaluate(iteration, opts):
+                    record = self.evaluate(iteration, writer)
+                    score = selection_score(record, opts.protocol)
+                    if score > self.best:
+                        self.best = score
+                        self.save("best.pt", iteration)
+                if should_evaluate(iteration, opts) or (iteration + 1) % opts.checkpoint_every == 0 \
+                        or iteration == opts.max_iter - 1:
+                    self.save("last.pt", iteration)
+        finally:
+            bar.close()
+            writer.close()
+        return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        opts = options.parse_args(argv)
+        run = Run(opts)
+        record = run.train()
+    except PECRError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if record is not None:
+        print(f"\nfinal evaluation ({run.dir}):\n{format_table(record, opts.protocol)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Evaluate a checkpoint on the test split (SPEC §5-§6).
+
+    python test.py --ckpt outputs/PECR/best.pt [--out-dir DIR] [any option of options.py]
+    python test.py --ckpt PECR_release.pkl --dataset thumos        # the authors' released weights
+
+Our checkpoints carry their resolved options, which become the defaults here (command-line
+options still win). Writes ``detections.json`` (ActivityNet format, seconds) and ``metrics.json``
+(one record in the metrics.jsonl form) to ``--out-dir`` (default: the checkpoint's folder).
+:func:`evaluate` is the test pass the training loop uses too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import options
+from dataset import WTALDataset
+from eval.annotations import load_wtalc_ground_truth
+from eval.classification import classification_map, classification_scores
+from eval.detection import evaluate_detection
+from eval.proposals import ProposalConfig, filter_ambiguous, load_ambiguous, to_seconds, video_proposals
+from eval.report import format_table, metrics_record
+from model import PECR, build_model
+from utils.checkpoint import load_checkpoint, load_model_state, load_release_checkpoint
+from utils.device import resolve_device
+from utils.errors import PECRError
+from utils.io import atomic_write_text
+
+
+@dataclass
+class Evaluation:
+    """One test pass: the metrics record (fractions), detections (snippet units) and timings (s)."""
+
+    record: dict
+    detections: pd.DataFrame
+    timings: dict = field(default_factory=dict)
+
+
+@torch.inference_mode()
+def evaluate(model: PECR, dataset: WTALDataset, opts, iteration: int = 0, progress: bool = True) -> Evaluation:
+    """Run inference over the test split and score it by the protocol of ``opts.protocol``.
+
+    The prompt text features are computed once per pass; test-time sampling draws from a
+    generator seeded with ``opts.seed``, so a pass is reproducible and leaves the global RNG alone.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(opts.seed)
+    cfg = ProposalConfig.from_options(opts)
+    timings = {"model": 0.0, "proposals": 0.0}
+
+    text = model.encode_text()
+    tables, scores, names = [], [], []
+    videos = dataset.test_videos(device)
+    for video in tqdm(videos, total=dataset.num_test_videos, desc="test", unit="video", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        out = model(video.features, text_features=text, generator=generator)
+        cas, attention = out.cas[0].cpu().numpy(), out.attention[0].cpu().numpy()
+        t1 = time.perf_counter()
+        tables.append(video_proposals(cas, attention, cfg, video.name))
+        scores.append(classification_scores(cas, opts.cls_topk))
+        names.append(video.index)
+        timings["model"] += t1 - t0
+        timings["proposals"] += time.perf_counter() - t1
+    model.train(was_training)
+
+    t0 = time.perf_counter()
+    detections = pd.concat(tables, ignore_index=True)
+    if opts.ambiguous_file:
+        detections = filter_ambiguous(detections, load_ambiguous(opts.ambiguous_file), opts.feature_fps, opts.snippet_frames)
+    # ground truth of the videos actually evaluated (ActivityNet drops very short ones, SPEC §1.1)
+    test_names = [dataset.video_names[i] for i in names]
+    gt = load_wtalc_ground_truth(opts.annotation_dir, opts.test_subset, True, opts.feature_fps, opts.snippet_frames,
+                                 videos=test_names)
+    result = evaluate_detection(gt, detections, opts.tiou_thresholds, dataset.num_classes)
+    cmap = classification_map(np.stack(scores)[:, :-1], dataset.labels[names])
+    timings["map"] = time.perf_counter() - t0
+    record = metrics_record(iteration, opts.tiou_thresholds, result.mAP, opts.protocol, cmap)
+    return Evaluation(record, detections, timings)
+
+
+def detections_json(detections: pd.DataFrame, classlist: Sequence[str], opts) -> dict:
+    """ActivityNet-format results (segments in seconds)."""
+    seconds = to_seconds(detections, opts.feature_fps, opts.snippet_frames)
+    results: dict[str, list] = {}
+    for vid, label, start, end, score in seconds[["video-id", "label", "t-start", "t-end", "score"]].itertuples(index=False):
+        results.setdefault(vid, []).append({"label": classlist[label], "score": float(score),
+                                            "segment": [float(start), float(end)]})
+    return {"version": "PECR", "results": results, "external_data": {"used": True, "details": "CLIP (OpenAI)"}}
+
+
+def load_for_test(opts, ckpt_path: str, dataset: WTALDataset, device: torch.device) -> PECR:
+    """Build the model and load our checkpoint or, failing the format check, the authors' release."""
+    model = build_model(opts, dataset.class_phrases, device)
+    try:
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+    except PECRError as err:
+        if "not a PECR checkpoint" not in str(err):
+            raise
+        report = load_release_checkpoint(model, ckpt_path)
+        print(report.summary())
+        return model
+    load_model_state(model, ckpt["model"])
+    return model
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, Path | None]:
+    front = argparse.ArgumentParser(add_help=False)
+    front.add_argument("--ckpt", required=True, help="checkpoint: ours (best.pt / last.pt) or the authors' release")
+    front.add_argument("--out-dir", dest="out_dir", default=None, help="where to write detections.json and metrics.json")
+    if argv is None:
+        argv = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv):
+        front.print_help()
+        print("\nAll options of main.py are accepted too (python main.py --help).")
+        sys.exit(0)
+    known, rest = front.parse_known_args(argv)
+    saved = None
+    path = Path(known.ckpt)
+    if path.is_file():
+        try:
+            saved = load_checkpoint(path).get("options")
+        except PECRError as err:
+            if "not a PECR checkpoint" not in str(err):
+                raise
+    opts = options.parse_args(rest, base=saved)
+    return opts, known.ckpt, Path(known.out_dir) if known.out_dir else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        opts, ckpt_path, out_dir = _parse(argv)
+        device = resolve_device(opts.device)
+        dataset = WTALDataset(opts)
+        model = load_for_test(opts, ckpt_path, dataset, device)
+        evaluation = evaluate(model, dataset, opts)
+    except PECRError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out_dir = out_dir or Path(ckpt_path).parent
+    record = evaluation.record
+    print(format_table(record, opts.protocol))
+    atomic_write_text(out_dir / "detections.json", json.dumps(detections_json(evaluation.detections, dataset.classlist, opts)))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(record) + "\n")
+    print(f"wrote {out_dir / 'detections.json'} and {out_dir / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
