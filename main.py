@@ -54,6 +54,7 @@ class Run:
         self.optimizer = make_optimizer(self.model, opts)
         self.rng = np.random.default_rng(opts.seed)  # training-batch sampler
         self.start, self.best = 0, -float("inf")
+        self.history: list[dict] = []  # {"iteration": i, term: value, ..., "total": value} per step of this session
 
     # ------------------------------------------------------------------ checkpoints
     def payload(self, iteration: int) -> dict:
@@ -103,6 +104,7 @@ class Run:
             for iteration in bar:
                 batch = self.dataset.train_batch(self.rng, self.device)
                 terms = train_step(self.model, self.criterion, self.optimizer, batch, iteration)
+                self.history.append({"iteration": iteration, **terms})
                 running = terms["total"] if running is None else 0.95 * running + 0.05 * terms["total"]
                 bar.set_postfix(loss=f"{running:.4f}")
                 for name, value in terms.items():

@@ -100,51 +100,43 @@ def detections_json(detections: pd.DataFrame, classlist: Sequence[str], opts) ->
     return {"version": "PECR", "results": results, "external_data": {"used": True, "details": "CLIP (OpenAI)"}}
 
 
-def load_for_test(opts, ckpt_path: str, dataset: WTALDataset, device: torch.device) -> PECR:
-    """Build the model and load our checkpoint or, failing the format check, the authors' release."""
-    model = build_model(opts, dataset.class_phrases, device)
-    try:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-    except PECRError as err:
-        if "not a PECR checkpoint" not in str(err):
-            raise
-        report = load_release_checkpoint(model, ckpt_path)
-        print(report.summary())
-        return model
-    load_model_state(model, ckpt["model"])
-    return model
+def load_weights(model: PECR, ckpt: dict | None, ckpt_path: str) -> None:
+    """Our checkpoint payload, or (``ckpt`` None) the authors' released weights through the name mapping."""
+    if ckpt is not None:
+        load_model_state(model, ckpt["model"])
+    else:
+        print(load_release_checkpoint(model, ckpt_path).summary())
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, Path | None]:
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, dict | None, Path | None]:
+    """Options (the checkpoint's own as defaults), checkpoint path, our payload (None: release file), out dir."""
     front = argparse.ArgumentParser(add_help=False)
     front.add_argument("--ckpt", required=True, help="checkpoint: ours (best.pt / last.pt) or the authors' release")
     front.add_argument("--out-dir", dest="out_dir", default=None, help="where to write detections.json and metrics.json")
-    if argv is None:
-        argv = sys.argv[1:]
+    argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         front.print_help()
         print("\nAll options of main.py are accepted too (python main.py --help).")
         sys.exit(0)
     known, rest = front.parse_known_args(argv)
-    saved = None
-    path = Path(known.ckpt)
-    if path.is_file():
-        try:
-            saved = load_checkpoint(path).get("options")
-        except PECRError as err:
-            if "not a PECR checkpoint" not in str(err):
-                raise
-    opts = options.parse_args(rest, base=saved)
-    return opts, known.ckpt, Path(known.out_dir) if known.out_dir else None
+    try:
+        ckpt = load_checkpoint(known.ckpt)
+    except PECRError as err:
+        if "not a PECR checkpoint" not in str(err):
+            raise
+        ckpt = None  # the authors' release: a bare state dict
+    opts = options.parse_args(rest, base=ckpt.get("options") if ckpt else None)
+    return opts, known.ckpt, ckpt, Path(known.out_dir) if known.out_dir else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        opts, ckpt_path, out_dir = _parse(argv)
+        opts, ckpt_path, ckpt, out_dir = _parse(argv)
         device = resolve_device(opts.device)
         dataset = WTALDataset(opts)
-        model = load_for_test(opts, ckpt_path, dataset, device)
-        evaluation = evaluate(model, dataset, opts)
+        model = build_model(opts, dataset.class_phrases, device)
+        load_weights(model, ckpt, ckpt_path)
+        evaluation = evaluate(model, dataset, opts, iteration=ckpt["iteration"] if ckpt else 0)
     except PECRError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -34,8 +34,8 @@ def train_step(model: PECR, criterion: PECRLoss, optimizer: torch.optim.Optimize
     model.train()
     out = model(batch.features)
     total, terms = criterion(out, batch.labels, batch.clip_features)
-    names = ["total", *terms]
-    values = torch.stack([total.detach(), *(t.detach() for t in terms.values())]).tolist()  # one device sync
+    names = [*terms, "total"]  # report the first non-finite term before the total it spoils
+    values = torch.stack([*(t.detach() for t in terms.values()), total.detach()]).tolist()  # one device sync
     for name, value in zip(names, values):
         if not math.isfinite(value):
             raise NonFiniteLoss(f"loss term {name!r} is {value} at iteration {iteration}; training stopped "

@@ -1,0 +1,147 @@
+"""End to end on a tiny generated dataset: training loop, checkpoints, resume, test.py, errors."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import main as train_main
+import options
+import test as test_cli
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.errors import PECRError
+
+
+@pytest.fixture(autouse=True)
+def _vocab(clip_vocab):
+    """The prompt learner tokenises class names with CLIP's vocabulary (../shared)."""
+
+
+def tiny_args(tmp_path, *extra):
+    data = tmp_path / "data"
+    return ["--dataset", "synthetic", "--output-dir", str(tmp_path / "out"), "--model-name", "run",
+            "--feature-file", str(data / "Syn" / "Syn-I3D-JOINTFeatures.npy"),
+            "--annotation-dir", str(data / "Syn-Annotations"), "--clip-feature-dir", str(data / "Syn-CLIP"),
+            "--synthetic-videos", "16", "--synthetic-classes", "3", "--feature-size", "32",
+            "--max-seqlen", "24", "--batch-size", "4", "--num-similar", "1", "--k-easy", "4", "--k-hard", "2",
+            "--mining-m", "6", "--num-prob-v", "3", "--max-iter", "4", "--interval", "3",
+            "--checkpoint-every", "1", "--seed", "7", *extra]
+
+
+def train(args) -> train_main.Run:
+    run = train_main.Run(options.parse_args(args))
+    run.train()
+    return run
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_evaluate_and_test_cli_agree(tmp_path, capsys):
+    run = train(tiny_args(tmp_path))
+    run_dir = tmp_path / "out" / "run"
+    records = metrics(run_dir)
+    assert [r["iteration"] for r in records] == [0, 3]  # untrained baseline, then the scheduled evaluation
+    for r in records:
+        assert r["tiou"] == pytest.approx([0.1 * i for i in range(1, 10)])
+        assert set(r["average_mAP"]) == {"0.1:0.7", "0.3:0.7"}
+        assert all(0 <= m <= 1 for m in r["mAP"]) and 0 <= r["cmAP"] <= 1
+    for name in ("options.yaml", "last.pt", "best.pt", "results.txt"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").iterdir())
+    assert load_checkpoint(run_dir / "last.pt")["iteration"] == 3
+    assert len(run.history) == 4 and all(math.isfinite(h["total"]) for h in run.history)
+
+    out_dir = tmp_path / "test_out"
+    assert test_cli.main(["--ckpt", str(run_dir / "best.pt"), "--out-dir", str(out_dir)]) == 0
+    tested = json.loads((out_dir / "metrics.json").read_text())
+    assert tested["mAP"] == pytest.approx(records[-1]["mAP"], abs=1e-12)
+    assert tested["cmAP"] == pytest.approx(records[-1]["cmAP"], abs=1e-12)
+    assert tested["iteration"] == 3
+    detections = json.loads((out_dir / "detections.json").read_text())
+    assert set(detections) == {"version", "results", "external_data"}
+    segment = next(iter(detections["results"].values()))[0]
+    assert segment["segment"][0] <= segment["segment"][1] and isinstance(segment["label"], str)
+    assert "avg 0.1:0.7" in capsys.readouterr().out  # the printed table
+
+
+def test_resume_gives_the_same_losses(tmp_path):
+    whole = train(tiny_args(tmp_path / "a", "--max-iter", "6", "--interval", "100", "--eval-at-start", "false"))
+    first = train(tiny_args(tmp_path / "b", "--max-iter", "3", "--interval", "100", "--eval-at-start", "false"))
+    second = train(tiny_args(tmp_path / "b", "--max-iter", "6", "--interval", "100", "--eval-at-start", "false",
+                             "--resume"))
+    assert [h["iteration"] for h in second.history] == [3, 4, 5]
+    resumed = first.history + second.history
+    assert len(resumed) == len(whole.history) == 6
+    for a, b in zip(whole.history, resumed):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), (a["iteration"], key)
+
+
+def test_same_seed_same_results(tmp_path):
+    a = train(tiny_args(tmp_path / "a"))
+    b = train(tiny_args(tmp_path / "b"))
+    assert metrics(tmp_path / "a" / "out" / "run") == metrics(tmp_path / "b" / "out" / "run")
+    assert a.history == b.history
+
+
+def test_non_finite_loss_stops_with_the_term_and_iteration(tmp_path, monkeypatch):
+    args = tiny_args(tmp_path, "--eval-at-start", "false", "--interval", "100")
+    run = train_main.Run(options.parse_args(args))
+    criterion = run.criterion
+
+    def poisoned(out, labels, clip_features):
+        total, terms = criterion(out, labels, clip_features)
+        if len(run.history) == 2:
+            terms = {**terms, "guide": terms["guide"] * float("nan")}
+            total = total + terms["guide"]
+        return total, terms
+
+    run.criterion = poisoned
+    with pytest.raises(PECRError, match=r"'guide' is nan at iteration 2"):
+        run.train()
+    assert load_checkpoint(tmp_path / "out" / "run" / "last.pt")["iteration"] == 1  # the last good one
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("trained")
+    train(tiny_args(tmp_path, "--max-iter", "1", "--eval-at-start", "false", "--interval", "100"))
+    return tmp_path
+
+
+def test_cli_errors_are_one_line(trained, tmp_path, capsys):
+    ckpt = trained / "out" / "run" / "last.pt"
+    assert test_cli.main(["--ckpt", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not found" in err and "\n" not in err
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(ckpt.read_bytes()[:1000])
+    assert test_cli.main(["--ckpt", str(corrupt)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "corrupt" in err and "\n" not in err
+
+    other = tmp_path / "other.pt"  # a checkpoint from a dataset with another class count
+    payload = load_checkpoint(ckpt)
+    payload["model"]["config"]["num_classes"] = 7
+    save_checkpoint(other, {k: v for k, v in payload.items() if k not in ("format", "version")})
+    assert test_cli.main(["--ckpt", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "7 classes" in err and "another dataset" in err and "\n" not in err
+
+
+def test_main_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert train_main.main(tiny_args(tmp_path, "--synthetic-generate", "false")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+
+
+def test_should_evaluate_schedule():
+    opts = options.parse_args([])  # THUMOS14: every 50 once past 3000, and the last iteration
+    evaluated = [i for i in range(opts.max_iter) if train_main.should_evaluate(i, opts)]
+    assert evaluated[0] == 3050 and evaluated[-1] == 9000 and all(i % 50 == 0 for i in evaluated)
+    assert len(evaluated) == (9000 - 3050) // 50 + 1
