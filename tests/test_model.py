@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import losses
-from model import PECR, PECROutput, build_model, load_clip, sample, train_cas
+from model import Dropout, PECR, PECROutput, build_model, load_clip, sample, train_cas
 from options import parse_args
 from utils.device import resolve_device
 from utils.errors import PECRError
@@ -127,6 +127,20 @@ def test_dropout_placement():
     _, xf = m.consensus_v(*x.split(FEAT // 2, dim=1))
     torch.testing.assert_close(xf, x[:, : FEAT // 2] / 2)
     assert (out.f0 == 0).all() and (out.f1 == 0).all() and (out.mu == 0).all()
+
+
+@pytest.mark.parametrize("p", [0.5, 0.7])
+def test_dropout_is_inverted_dropout_with_rate_p(p):
+    drop = Dropout(p).train()
+    x = torch.rand(200, 500, requires_grad=True) + 0.5
+    y = drop(x)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.01)
+    assert torch.allclose(y[kept], x[kept] / (1 - p))
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / (1 - p))
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
 
 
 def test_wrong_feature_width_and_bad_settings_raise():
