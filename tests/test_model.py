@@ -132,7 +132,7 @@ def test_dropout_placement():
 @pytest.mark.parametrize("p", [0.5, 0.7])
 def test_dropout_is_inverted_dropout_with_rate_p(p):
     drop = Dropout(p).train()
-    x = torch.rand(200, 500, requires_grad=True) + 0.5
+    x = (torch.rand(200, 500) + 0.5).requires_grad_()
     y = drop(x)
     kept = y != 0
     assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.01)
