@@ -79,3 +79,13 @@ def test_saved_options_as_base_rank_below_yaml_and_command_line(tmp_path):
     cfg.write_text("k_easy: 4\n")
     o = options.parse_args(["--config", str(cfg), "--lr", "0.25"], base=saved)
     assert (o.k_easy, o.lr, o.dataset) == (4, 0.25, "activitynet")
+
+
+@pytest.mark.parametrize("name", ["thumos", "activitynet", "synthetic"])
+def test_shipped_config_equals_its_preset(name):
+    """configs/<dataset>.yaml spells out the preset: both resolve to the same options."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    from_file = vars(options.parse_args(["--config", str(path)]))
+    from_preset = vars(options.parse_args(["--dataset", name]))
+    assert {**from_file, "config": None} == {**from_preset, "config": None}
