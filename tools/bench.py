@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-COMMANDS = ("train", "eval", "test")
+COMMANDS = ("train", "eval", "test", "clip")
 
 
 def main(argv: list[str] | None = None) -> None:
