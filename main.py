@@ -25,7 +25,7 @@ from test import evaluate
 from train import make_optimizer, train_step
 from utils.checkpoint import load_checkpoint, load_model_state, model_state, save_checkpoint
 from utils.device import resolve_device
-from utils.errors import PECRError
+from utils.errors import cli
 from utils.io import append_line
 from utils.seed import rng_state, seed_everything, set_rng_state
 
@@ -124,14 +124,11 @@ class Run:
         return record
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        opts = options.parse_args(argv)
-        run = Run(opts)
-        record = run.train()
-    except PECRError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    opts = options.parse_args(argv)
+    run = Run(opts)
+    record = run.train()
     if record is not None:
         print(f"\nfinal evaluation ({run.dir}):\n{format_table(record, opts.protocol)}")
     return 0

@@ -33,7 +33,7 @@ from eval.report import format_table, metrics_record
 from model import PECR, build_model
 from utils.checkpoint import load_checkpoint, load_model_state, load_release_checkpoint
 from utils.device import resolve_device
-from utils.errors import PECRError
+from utils.errors import PECRError, cli
 from utils.io import atomic_write_text
 
 
@@ -129,17 +129,14 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, dict | 
     return opts, known.ckpt, ckpt, Path(known.out_dir) if known.out_dir else None
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        opts, ckpt_path, ckpt, out_dir = _parse(argv)
-        device = resolve_device(opts.device)
-        dataset = WTALDataset(opts)
-        model = build_model(opts, dataset.class_phrases, device)
-        load_weights(model, ckpt, ckpt_path)
-        evaluation = evaluate(model, dataset, opts, iteration=ckpt["iteration"] if ckpt else 0)
-    except PECRError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    opts, ckpt_path, ckpt, out_dir = _parse(argv)
+    device = resolve_device(opts.device)
+    dataset = WTALDataset(opts)
+    model = build_model(opts, dataset.class_phrases, device)
+    load_weights(model, ckpt, ckpt_path)
+    evaluation = evaluate(model, dataset, opts, iteration=ckpt["iteration"] if ckpt else 0)
     out_dir = out_dir or Path(ckpt_path).parent
     record = evaluation.record
     print(format_table(record, opts.protocol))

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from utils.errors import PECRError
+from utils.errors import PECRError, cli
 
 REQUIRED = ("classlist", "videoname", "subset", "segments", "labels")
 
@@ -115,6 +115,7 @@ def to_activitynet_json(gt: pd.DataFrame, classes: Sequence[str], subset: str,
     return {"version": version, "taxonomy": taxonomy, "database": database}
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.annotations",
                                 description="W-TALC annotation folder -> ActivityNet-style ground-truth JSON")
@@ -126,24 +127,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=16, help="frames per snippet (snippet units only)")
     p.add_argument("--out", required=True, help="output JSON file")
     args = p.parse_args(argv)
-    try:
-        ann = load_wtalc(args.annotations)
-        classes = [_text(c) for c in ann["classlist"]]
-        gt = load_wtalc_ground_truth(args.annotations, args.subset, args.snippet_units, args.fps, args.frames)
-        durations = None
-        if "duration" in ann:
-            scale = args.fps / args.frames if args.snippet_units else 1.0
-            durations = {_text(v): float(d) * scale for v, d in zip(ann["videoname"], ann["duration"])}
-        unit = f"snippets of {args.frames} frames at {args.fps:g} fps" if args.snippet_units else "seconds"
-        data = to_activitynet_json(gt, classes, args.subset, durations,
-                                   version=f"{Path(args.annotations).name} {args.subset} ({unit})")
-        from utils.io import atomic_write_text
+    ann = load_wtalc(args.annotations)
+    classes = [_text(c) for c in ann["classlist"]]
+    gt = load_wtalc_ground_truth(args.annotations, args.subset, args.snippet_units, args.fps, args.frames)
+    durations = None
+    if "duration" in ann:
+        scale = args.fps / args.frames if args.snippet_units else 1.0
+        durations = {_text(v): float(d) * scale for v, d in zip(ann["videoname"], ann["duration"])}
+    unit = f"snippets of {args.frames} frames at {args.fps:g} fps" if args.snippet_units else "seconds"
+    data = to_activitynet_json(gt, classes, args.subset, durations,
+                               version=f"{Path(args.annotations).name} {args.subset} ({unit})")
+    from utils.io import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps(data) + "\n")
-        print(f"wrote {args.out}: {len(data['database'])} videos, {len(gt)} segments, {len(classes)} classes ({unit})")
-    except PECRError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    atomic_write_text(args.out, json.dumps(data) + "\n")
+    print(f"wrote {args.out}: {len(data['database'])} videos, {len(gt)} segments, {len(classes)} classes ({unit})")
     return 0
 
 

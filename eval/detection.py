@@ -44,7 +44,7 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 import pandas as pd
 
-from utils.errors import PECRError
+from utils.errors import PECRError, cli
 
 GT_COLUMNS = ("video-id", "label", "t-start", "t-end")
 PRED_COLUMNS = GT_COLUMNS + ("score",)
@@ -364,6 +364,7 @@ def _format_result(result: DetectionResult) -> str:
     return "\n".join(lines)
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.detection", description=(
         "Detection mAP (ActivityNet protocol) of ActivityNet-format predictions against ground truth"))
@@ -374,24 +375,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="tIoU thresholds")
     p.add_argument("--json-out", default=None, help="also write {tiou, mAP, average_mAP, ap, classes} here (fractions)")
     args = p.parse_args(argv)
-    try:
-        gt = load_activitynet_ground_truth(args.ground_truth, args.subset)
-        pred = load_activitynet_predictions(args.predictions)
-        result = evaluate_detection(gt, pred, args.tiou)
-        print(_format_result(result))
-        unknown = int((~pred["label"].isin(result.classes)).sum())
-        if unknown:
-            print(f"note: {unknown} predictions of classes without ground truth were ignored", file=sys.stderr)
-        if args.json_out:
-            from utils.io import atomic_write_text
+    gt = load_activitynet_ground_truth(args.ground_truth, args.subset)
+    pred = load_activitynet_predictions(args.predictions)
+    result = evaluate_detection(gt, pred, args.tiou)
+    print(_format_result(result))
+    unknown = int((~pred["label"].isin(result.classes)).sum())
+    if unknown:
+        print(f"note: {unknown} predictions of classes without ground truth were ignored", file=sys.stderr)
+    if args.json_out:
+        from utils.io import atomic_write_text
 
-            mAP = result.mAP
-            record = {"tiou": result.tiou.tolist(), "mAP": mAP.tolist(), "average_mAP": float(mAP.mean()),
-                      "ap": result.ap.tolist(), "classes": list(result.classes)}
-            atomic_write_text(args.json_out, json.dumps(record, indent=1) + "\n")
-    except PECRError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        mAP = result.mAP
+        record = {"tiou": result.tiou.tolist(), "mAP": mAP.tolist(), "average_mAP": float(mAP.mean()),
+                  "ap": result.ap.tolist(), "classes": list(result.classes)}
+        atomic_write_text(args.json_out, json.dumps(record, indent=1) + "\n")
     return 0
 
 
