@@ -31,9 +31,13 @@ TERMS = ("cls", "norm", "guide", "coactivity", "distill", "metric_action", "metr
 
 # ----------------------------------------------------------------------------- video loss (§3.1)
 
-def suppressed_cas(cas: Tensor, attention: Tensor) -> Tensor:
-    """S = A * (CAS - min_t CAS) + min_t CAS: cas (B, T, C+1), attention (B, T) -> (B, T, C+1)."""
-    low = cas.min(dim=1, keepdim=True).values
+def suppressed_cas(cas: Tensor, attention: Tensor, over: str = "time") -> Tensor:
+    """S = A * (CAS - min CAS) + min CAS: cas (B, T, C+1), attention (B, T) -> (B, T, C+1).
+
+    ``over="time"``: min_t per video and class, as SPEC §3.1 states (default). ``over="class"``:
+    min over the C+1 classes per snippet, what CO2-Net's code (and, by reading, the release) computes.
+    """
+    low = cas.min(dim=1 if over == "time" else 2, keepdim=True).values
     return attention.unsqueeze(-1) * (cas - low) + low
 
 
@@ -251,6 +255,8 @@ class PECRLoss:
     """
 
     def __init__(self, opts):
+        if opts.suppress_min not in ("time", "class"):
+            raise PECRError(f"unknown --suppress-min {opts.suppress_min!r}; use time or class")
         if opts.metric not in METRICS:
             raise PECRError(f"unknown metric {opts.metric!r}; use --metric {' | '.join(METRICS)}")
         self.weights = {"cls": opts.alpha0, "norm": opts.alpha1, "guide": opts.alpha2, "coactivity": opts.alpha3,
@@ -266,7 +272,7 @@ class PECRLoss:
                             f"{tuple(out.mu.shape)}: check the CLIP feature folder / --clip-backbone")
         zero = out.cas.new_zeros(())
         terms = {name: zero for name in TERMS}
-        supp = suppressed_cas(out.cas, out.attention)
+        supp = suppressed_cas(out.cas, out.attention, o.suppress_min)
         if w["cls"]:
             terms["cls"] = w["cls"] * (mil_loss(out.cas, labels, o.train_topk, 1.0)
                                        + mil_loss(supp, labels, o.train_topk, 0.0))

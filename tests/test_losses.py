@@ -52,13 +52,13 @@ def ref_mil(cas, labels, topk, background):
     return total / B
 
 
-def ref_suppressed(cas, att):
+def ref_suppressed(cas, att, over="time"):
     out = np.empty_like(cas)
     B, T, C1 = cas.shape
     for b in range(B):
         for c in range(C1):
-            low = min(cas[b, :, c])
             for t in range(T):
+                low = min(cas[b, :, c]) if over == "time" else min(cas[b, t, :])
                 out[b, t, c] = att[b, t] * (cas[b, t, c] - low) + low
     return out
 
@@ -172,6 +172,8 @@ def test_suppressed_cas_matches_loop(B, T):
     cas, att = torch.randn(B, T, 5, generator=g), torch.rand(B, T, generator=g)
     close(L.suppressed_cas(cas, att), ref_suppressed(cas.numpy().astype(float), att.numpy().astype(float)),
           atol=1e-6)
+    close(L.suppressed_cas(cas, att, "class"),
+          ref_suppressed(cas.numpy().astype(float), att.numpy().astype(float), "class"), atol=1e-6)
 
 
 @pytest.mark.parametrize("B,T", SHAPES + [(7, 1)])
@@ -400,11 +402,33 @@ def test_total_loss_matches_loop(B, T, metric, mode):
     pick = lambda idx: (np.take_along_axis(n(out.mu), idx[..., None], 1), np.take_along_axis(n(out.var), idx[..., None], 1))
     expected["metric_action"] = opts.alpha5 * ref_metric_loss(pick(ha), pick(ea), pick(eb), metric)
     expected["metric_background"] = opts.alpha6 * ref_metric_loss(pick(hb), pick(eb), pick(ea), metric)
+    p_bg = np.exp(cas - cas.max(-1, keepdims=True))
+    p_bg = p_bg[..., -1] / p_bg.sum(-1)
+    expected["guide"] = opts.alpha2 * np.mean([np.abs(1 - a - p_bg).mean() for a in (att, n(out.attention_v), n(out.attention_f))])
+    mu, c = n(out.mu), clip.double().numpy()
+    cos = (mu * c).sum(-1) / np.linalg.norm(mu, axis=-1) / np.linalg.norm(c, axis=-1)
+    expected["distill"] = -opts.alpha4 * math.log(((cos + 1) / 2).mean())
+    w = n(out.text_features)
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    expected["orthogonality"] = opts.alpha7 * np.linalg.norm(w @ w.T - np.eye(len(w)))
+    assert set(expected) == set(L.TERMS)
     for name, value in expected.items():
         close(terms[name], value, atol=1e-7)
-    # the remaining terms were checked against loops above; the total is the sum of all eight
-    close(total, sum(float(v) for v in terms.values()), rtol=1e-6)
-    assert terms["distill"] > 0 and terms["orthogonality"] > 0 and terms["guide"] > 0
+    close(total, sum(expected.values()), rtol=1e-6)
+
+
+def test_suppress_min_over_classes_option():
+    opts = parse_args(["--suppress-min", "class", "--k-easy", "6", "--k-hard", "3", "--mining-m", "9"])
+    g = torch.Generator().manual_seed(11)
+    B, T, C = 6, 41, 4
+    out, labels = _fake_output(g, B, T, C, 16, 12), rand_labels(g, B, C)
+    _, terms = L.PECRLoss(opts)(out, labels, torch.randn(B, T, 12, generator=g))
+    cas, att, y = out.cas.double().numpy(), out.attention.double().numpy(), labels.numpy()
+    supp = ref_suppressed(cas, att, "class")
+    close(terms["cls"], opts.alpha0 * (ref_mil(cas, y, opts.train_topk, 1.0) + ref_mil(supp, y, opts.train_topk, 0.0)),
+          atol=1e-7)
+    close(terms["coactivity"], opts.alpha3 * ref_coactivity(out.f0.double().numpy(), supp, y, opts.num_similar,
+                                                            opts.coactivity_margin), atol=1e-7)
 
 
 def test_zero_weight_terms_are_skipped_and_gradients_flow():
