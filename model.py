@@ -18,8 +18,9 @@ number and saves one convolution per module. Its parameters therefore never rece
 
 Same numbers, less memory (the training step at the THUMOS14 shapes keeps ~0.4 GB of activations):
 Drop(LReLU(x)) is computed as LReLU(Drop(x)) in place, dropout keeps a bool mask, [x'_V; x'_F] is
-formed before the attention branches read its halves, F1 is made time-major once. Initialisation
-follows CO2-Net (Xavier-uniform weights, zero biases).
+formed before the attention branches read its halves, F1 is made time-major once. Initialisation:
+PyTorch's layer defaults as in the release (``init="pytorch"``), or CO2-Net's Xavier-uniform
+weights with zero biases (``init="xavier"``).
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ class PECROutput:
                              for f in fields(self)})
 
 
-def _init_(module: nn.Module) -> None:
+def xavier_init_(module: nn.Module) -> None:
     """CO2-Net's initialisation: Xavier-uniform weights, zero biases (convolutions and linears)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv1d, nn.Linear)):
@@ -121,7 +122,6 @@ class CrossModalConsensus(nn.Module):
         self.attn_conv2 = conv3(hidden, hidden)
         self.attn_conv3 = nn.Conv1d(hidden, 1, 1)
         self.drop = Dropout(dropout)
-        _init_(self)
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         x_f = self.filter(x, y)
@@ -150,7 +150,6 @@ class ProbabilisticAdapter(nn.Module):
         super().__init__()
         self.fc_mean = nn.Linear(feature_size, clip_dim)
         self.fc_var = nn.Linear(feature_size, clip_dim)
-        _init_(self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.fc_mean(x), F.relu(self.fc_var(x), inplace=True)  # in place on the fresh linear output
@@ -184,7 +183,7 @@ class PECR(nn.Module):
     def __init__(self, num_classes: int, feature_size: int, clip_dim: int, text_encoder: nn.Module, *,
                  dropout: float = 0.5, fusion_dropout: float = 0.7, num_samples: int = 20,
                  train_temperature: float = 8.0, test_temperature: float = 0.03,
-                 train_sampling: str = "shortcut", test_sampling: str = "sample"):
+                 train_sampling: str = "shortcut", test_sampling: str = "sample", init: str = "pytorch"):
         super().__init__()
         if feature_size <= 0 or feature_size % 4:
             raise PECRError(f"feature size {feature_size} must be a positive multiple of 4 (RGB | flow halves, "
@@ -192,6 +191,8 @@ class PECR(nn.Module):
         if train_sampling not in ("shortcut", "full") or test_sampling not in ("sample", "mean"):
             raise PECRError(f"unknown sampling mode train={train_sampling!r} test={test_sampling!r}; "
                             "use --train-sampling shortcut|full and --test-sampling sample|mean")
+        if init not in ("xavier", "pytorch"):
+            raise PECRError(f"unknown --init {init!r}; use xavier or pytorch")
         if num_samples < 1:
             raise PECRError(f"--num-prob-v must be >= 1, got {num_samples}")
         self.num_classes, self.feature_size, self.clip_dim = num_classes, feature_size, clip_dim
@@ -204,8 +205,10 @@ class PECR(nn.Module):
         self.fusion1 = nn.Conv1d(feature_size, feature_size, 3, padding=1)
         self.fusion2 = nn.Conv1d(feature_size, feature_size, 3, padding=1)
         self.fusion_drop = Dropout(fusion_dropout)
-        _init_(self.fusion1), _init_(self.fusion2)
         self.adapter = ProbabilisticAdapter(feature_size, clip_dim)
+        if init == "xavier":
+            for part in (self.consensus_v, self.consensus_f, self.fusion1, self.fusion2, self.adapter):
+                xavier_init_(part)
         self.text_encoder = text_encoder
         self.clip_backbone: str | None = None  # name/path of the frozen CLIP (set by build_model)
 
@@ -214,7 +217,7 @@ class PECR(nn.Module):
         return cls(num_classes, opts.feature_size, clip_dim, text_encoder, dropout=opts.dropout,
                    fusion_dropout=opts.fusion_dropout, num_samples=opts.num_prob_v,
                    train_temperature=opts.train_temperature, test_temperature=opts.test_temperature,
-                   train_sampling=opts.train_sampling, test_sampling=opts.test_sampling)
+                   train_sampling=opts.train_sampling, test_sampling=opts.test_sampling, init=opts.init)
 
     def config(self) -> dict:
         """Shape-defining settings (stored in checkpoints to detect mismatches)."""

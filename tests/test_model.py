@@ -118,7 +118,7 @@ def test_output_shapes_and_layout():
 
 def test_dropout_placement():
     """p = 1 drops everything: e = l = g = 0 so a = 0, x' = x / 2; the dropout sits before the final
-    sigmoid (attention 0.5, not 0); the fusion dropout zeroes F0 and F1, so mu = v = bias = 0."""
+    sigmoid (attention 0.5, not 0); the fusion dropout zeroes F0 and F1, so mu = bias, v = ReLU(bias)."""
     m = make_model(dropout=1.0, fusion_dropout=1.0).train()
     with torch.no_grad():
         out = m(features())
@@ -126,7 +126,50 @@ def test_dropout_placement():
     x = features().transpose(1, 2)
     _, xf = m.consensus_v(*x.split(FEAT // 2, dim=1))
     torch.testing.assert_close(xf, x[:, : FEAT // 2] / 2)
-    assert (out.f0 == 0).all() and (out.f1 == 0).all() and (out.mu == 0).all()
+    assert (out.f0 == 0).all() and (out.f1 == 0).all()
+    assert torch.equal(out.mu, m.adapter.fc_mean.bias.expand_as(out.mu))
+    assert torch.equal(out.var, torch.relu(m.adapter.fc_var.bias).expand_as(out.var))
+
+
+def test_training_forward_matches_spec_with_recorded_dropout_masks():
+    """Record every dropout mask of a training forward, then rebuild SPEC §2.1 with Drop(LReLU(conv))
+    at the SPEC's places (e, g, l, first attention conv, before the sigmoid; both fusion layers)."""
+    m = make_model().double().train()
+    scales = []  # output / input of each dropout call, in call order
+    hook = lambda mod, inp, out: scales.append(torch.where(inp[0] != 0, out / inp[0], torch.zeros_like(out)))
+    for mod in m.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.register_forward_hook(hook)
+    x = features().double()
+    with torch.no_grad():
+        out = m(x)
+    assert len(scales) == 12
+    for s, keep_scale in zip(scales, [2.0] * 10 + [1 / 0.3] * 2):                         # p = 0.5, fusion 0.7
+        kept = s != 0
+        assert kept.any() and (~kept).any()
+        torch.testing.assert_close(s[kept], torch.full_like(s[kept], keep_scale))
+    masks = iter(scales)
+
+    def filtered(mod, main, aux):
+        e = lrelu(conv(mod.encoder, aux)) * next(masks)
+        g = lrelu(conv(mod.global_conv, main.mean(-1, keepdim=True))) * next(masks)
+        l = lrelu(conv(mod.local_conv, e)) * next(masks)
+        a = (F.normalize(g, dim=1) * F.normalize(l, dim=1)).sum(1, keepdim=True)
+        return torch.sigmoid(l * a) * main
+
+    def attention(mod, xf):
+        h = lrelu(conv(mod.attn_conv1, xf)) * next(masks)
+        return torch.sigmoid(conv(mod.attn_conv3, lrelu(conv(mod.attn_conv2, h))) * next(masks))[:, 0]
+
+    rgb, flow = x.transpose(1, 2).split(FEAT // 2, dim=1)
+    # the model draws the masks in this order: both filters, then both attention branches, then fusion
+    xv, xf = filtered(m.consensus_v, rgb, flow), filtered(m.consensus_f, flow, rgb)
+    av, af = attention(m.consensus_v, xv), attention(m.consensus_f, xf)
+    f0 = lrelu(conv(m.fusion1, torch.cat([xv, xf], 1))) * next(masks)
+    f1 = lrelu(conv(m.fusion2, f0)) * next(masks)
+    for got, exp in [(out.attention_v, av), (out.attention_f, af), (out.f0, f0.transpose(1, 2)),
+                     (out.f1, f1.transpose(1, 2)), (out.mu, m.adapter.fc_mean(f1.transpose(1, 2)))]:
+        torch.testing.assert_close(got, exp, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("p", [0.5, 0.7])
