@@ -131,6 +131,7 @@ def release_state_dict(m: PECR) -> dict[str, torch.Tensor]:
     sd.update({"clipmodel." + k[len(ck.CLIP_PREFIX):]: v.clone() for k, v in ours.items() if k.startswith(ck.CLIP_PREFIX)})
     sd["fc_clip.weight"], sd["fc_clip.bias"] = torch.randn(D, FEAT), torch.randn(D)
     sd["text_prob_encoder.fc_mean.weight"] = torch.randn(D, D)
+    sd["snippet_prob_encoder.layer_norm.weight"] = torch.randn(FEAT)
     return sd
 
 
@@ -142,6 +143,10 @@ def test_release_table_covers_every_trainable_tensor():
     assert ck._release_table()["embedding.weight"] == "text_encoder.prompt_table"
     assert ck._release_table()["vAttn.attention.5.bias"] == "consensus_v.attn_conv3.bias"
     assert ck._release_table()["fusion2.0.weight"] == "fusion2.weight"
+    assert ck._release_table()["fAttn.AE_e.0.weight"] == "consensus_f.encoder.weight"
+    assert ck._release_table()["vAttn.AE_d.0.bias"] == "consensus_v.decoder.bias"
+    assert ck._release_table()["vAttn.channel_conv.0.weight"] == "consensus_v.global_conv.weight"
+    assert ck._release_table()["vAttn.bit_wise_attn.0.weight"] == "consensus_v.local_conv.weight"
 
 
 def test_release_checkpoint_loads_with_mapping_report(tmp_path):
@@ -153,8 +158,9 @@ def test_release_checkpoint_loads_with_mapping_report(tmp_path):
     report = ck.load_release_checkpoint(dst, path)
     n_clip = sum(k.startswith("clipmodel.") for k in sd)
     assert len(report.mapped) == len(ck._release_table()) == 37
-    assert sorted(report.ignored) == sorted([k for k in sd if k.startswith(("clipmodel.", "fc_clip.", "text_prob_encoder."))])
-    assert len(report.ignored) == n_clip + 3
+    assert sorted(report.ignored) == sorted([k for k in sd if k.startswith(("clipmodel.", "fc_clip.", "text_prob_encoder.",
+                                                                            "snippet_prob_encoder.layer_norm."))])
+    assert len(report.ignored) == n_clip + 4
     assert report.unexpected == [] and report.missing == []
     assert "37 mapped" in report.summary()
     assert_same_params(src, dst)
@@ -165,8 +171,8 @@ def test_release_checkpoint_partial_unknown_and_keep_clip(tmp_path):
     src, dst = make(0), make(1)
     dst.text_encoder.clip_model.weight.data += 1
     sd = release_state_dict(src)
-    for key in [k for k in sd if ".encoder.0." in k or ".decoder.0." in k]:  # naming guess absent
-        sd[key.replace("encoder.0", "aux_enc.0").replace("decoder.0", "aux_dec.0")] = sd.pop(key)
+    for key in [k for k in sd if ".AE_e.0." in k or ".AE_d.0." in k]:  # names the table does not know
+        sd[key.replace("AE_e.0", "aux_enc.0").replace("AE_d.0", "aux_dec.0")] = sd.pop(key)
     path = tmp_path / "release.pkl"
     torch.save({"state_dict": sd}, path)
     report = ck.load_release_checkpoint(dst, path, keep_clip=True)

@@ -145,13 +145,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 # ----------------------------------------------------------------------------- authors' release
 
 # The single table to adjust. Release module (model class TSM) -> our module; each maps its
-# ``.weight`` and ``.bias``. Top-level names are those of SPEC §4; the sub-keys inside vAttn / fAttn
-# are NOT known exactly: ASSUMPTION, CO2-Net-like naming (nn.Sequential indices of CO2-Net's
-# ``channel_conv`` (g), ``bit_wise_attn`` (l), ``attention`` (conv at 0, 3, 5)) plus ``encoder`` (e)
-# and ``decoder`` (r) for the auxiliary encoder and reconstruction of SPEC §2.1.
+# ``.weight`` and ``.bias``. Top-level names are those of SPEC §4; inside vAttn / fAttn the release
+# names its nn.Sequential blocks AE_e (e), AE_d (r), channel_conv (g), bit_wise_attn (l) and
+# attention (convolutions at indices 0, 3, 5), as in the authors' public code (PVLR, same code base).
 _CONSENSUS = {
-    "encoder.0": "encoder",
-    "decoder.0": "decoder",
+    "AE_e.0": "encoder",
+    "AE_d.0": "decoder",
     "channel_conv.0": "global_conv",
     "bit_wise_attn.0": "local_conv",
     "attention.0": "attn_conv1",
@@ -167,7 +166,7 @@ RELEASE_MODULES = {
     "snippet_prob_encoder.fc_var": "adapter.fc_var",
 }
 RELEASE_PARAMS = {"embedding.weight": "text_encoder.prompt_table"}    # the shared prompt table P
-RELEASE_IGNORED = ("fc_clip.", "text_prob_encoder.")                 # unused by the method
+RELEASE_IGNORED = ("fc_clip.", "text_prob_encoder.", "snippet_prob_encoder.layer_norm.")  # unused by the method
 RELEASE_CLIP = "clipmodel."                                           # frozen CLIP -> text_encoder.clip_model.
 
 
