@@ -56,17 +56,19 @@ def class_phrase(name: str) -> str:
 def random_perturb(rng: np.random.Generator, lengths: np.ndarray, seqlen: int) -> np.ndarray:
     """Random perturbation (SPEC §1.3): ``seqlen`` snippet indices per video, (B,) -> (B, seqlen) int64.
 
-    [0, T) is split into ``seqlen`` bins with edges ``i*T/seqlen``; bin i yields one integer drawn
-    uniformly from ``[floor(i*T/L), max(floor(i*T/L) + 1, floor((i+1)*T/L)))``. The indices are
-    non-decreasing, cover the whole video, repeat when T < L and are the identity when T == L.
+    [0, T) is split into L = ``seqlen`` bins with edges i*T/L. As in the release, bin i draws one
+    integer uniformly from the snippets it touches, [floor(i*T/L), floor((i+1)*T/L)] (both ends
+    included; the last bin ends at T-1), or takes floor(i*T/L) when both floors coincide. The
+    indices are non-decreasing, repeat when T < L, and are the identity when T == L.
     """
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1, 1)
     if (lengths < 1).any():
         raise ValueError("random_perturb needs videos with at least one snippet")
     i = np.arange(seqlen, dtype=np.int64)
     low = i * lengths // seqlen
-    high = np.maximum(low + 1, (i + 1) * lengths // seqlen)
-    return rng.integers(low, high)
+    high = np.minimum((i + 1) * lengths // seqlen, lengths - 1)  # inclusive; caps the last bin at T-1
+    idx = rng.integers(low, np.maximum(high, low) + 1)
+    return np.where(lengths == seqlen, i, idx)
 
 
 @dataclass
