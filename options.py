@@ -61,6 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "feature_size": 256,
         "clip_backbone": "random-tiny",
         "synthetic_videos": 200,
+        "synthetic_difficulty": 0.3,
         "max_seqlen": 64,
         "lr": 1e-3,
         "max_iter": 1001,
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-vocab", dest="clip_vocab", type=_optional_path, default=None, help="path of bpe_simple_vocab_16e6.txt.gz (default: $PECR_CLIP_VOCAB, the cache, or download)")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout of the cross-modal consensus modules")
     g.add_argument("--fusion-dropout", dest="fusion_dropout", type=float, default=0.7, help="dropout of the fusion layers")
+    g.add_argument("--init", choices=("pytorch", "xavier"), default="pytorch", help="head/adapter initialisation: pytorch (the layers' defaults, as the release) or xavier (CO2-Net: Xavier-uniform weights, zero biases)")
     g.add_argument("--num-prob-v", dest="num_prob_v", type=int, default=20, help="K, samples of the probabilistic embedding")
     g.add_argument("--prompt-prefix", dest="prompt_prefix", type=int, default=4, help="learnable prompt vectors before the class words")
     g.add_argument("--prompt-postfix", dest="prompt_postfix", type=int, default=4, help="learnable prompt vectors after the class words")
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha5", type=float, default=0.005, help="weight of the action distribution metric loss")
     g.add_argument("--alpha6", type=float, default=0.001, help="weight of the background distribution metric loss")
     g.add_argument("--alpha7", type=float, default=0.5, help="weight of the text orthogonality loss")
+    g.add_argument("--suppress-min", dest="suppress_min", choices=("time", "class"), default="time", help="suppressed CAS S = A(CAS - min) + min with the min over time (SPEC §3.1) or over classes (CO2-Net's code)")
     g.add_argument("--coactivity-margin", dest="coactivity_margin", type=float, default=0.5, help="margin of the co-activity hinge")
     g.add_argument("--k-easy", dest="k_easy", type=int, default=20, help="easy action / background snippets per video")
     g.add_argument("--k-hard", dest="k_hard", type=int, default=5, help="hard action / background snippets per video")
