@@ -285,9 +285,7 @@ class PECR(nn.Module):
 def load_clip(opts, device: str | torch.device = "cpu"):
     """The frozen CLIP named by ``opts.clip_backbone`` (name, file or random-*) on ``device``, eval mode."""
     import clip
-    from utils.device import resolve_device
 
-    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     return clip.load(opts.clip_backbone, device=device, download_root=opts.clip_download_root)
 
 
@@ -299,14 +297,15 @@ def build_model(opts, class_phrases: list[str], device: str | torch.device = "cp
     it is loaded here. Unless ``full_clip``, the CLIP parts PECR never runs are dropped once the
     prompt learner is built: the image tower (PECR reads precomputed CLIP image features) and the
     token-embedding table (the prompt learner keeps the embeddings of its fixed tokens as buffers)
-    -- 250 MB for RN50. The tokenizer reads ``opts.clip_vocab`` when set.
+    -- 250 MB for RN50. The tokenizer's vocabulary: ``opts.clip_vocab``, else $PECR_CLIP_VOCAB, else
+    ``opts.clip_download_root`` (the CLIP cache), else one verified download.
     """
     import clip
     from utils.device import resolve_device
 
-    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    device = resolve_device(device)
     clip_model = load_clip(opts, device) if clip_model is None else clip_model.to(device)
-    tokenizer = clip.SimpleTokenizer(vocab_path=opts.clip_vocab) if opts.clip_vocab else None
+    tokenizer = clip.get_tokenizer(opts.clip_vocab, opts.clip_download_root)
     prompts = clip.PromptLearner(clip_model, class_phrases, opts.prompt_prefix, opts.prompt_postfix,
                                  opts.prompt_init_std, tokenizer=tokenizer)
     if not full_clip:

@@ -68,7 +68,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
     (TorchScript archive or state dict), or ``random-tiny`` / ``random-RN50`` / ``random-ViT-B/16``
     (deterministic random weights from a private generator; the global RNG is untouched).
     """
-    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    device = resolve_device(device)
     name = str(name_or_path)
     if name in RANDOM_MODELS:
         model = random_model(RANDOM_MODELS[name](), seed=RANDOM_SEED)

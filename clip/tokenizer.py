@@ -153,9 +153,10 @@ def _tokenizer_at(path: str) -> SimpleTokenizer:
     return SimpleTokenizer(path)
 
 
-def get_tokenizer(vocab_path: str | os.PathLike | None = None) -> SimpleTokenizer:
+def get_tokenizer(vocab_path: str | os.PathLike | None = None,
+                  download_root: str | os.PathLike | None = None) -> SimpleTokenizer:
     """The shared tokenizer instance for the vocabulary found by :func:`find_vocab` (built once per file)."""
-    return _tokenizer_at(str(find_vocab(vocab_path)))
+    return _tokenizer_at(str(find_vocab(vocab_path, download_root)))
 
 
 def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: bool = False,

@@ -6,8 +6,10 @@ import torch
 from utils.errors import PECRError
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a usable :class:`torch.device`."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (or a torch.device) -> a usable :class:`torch.device`."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
