@@ -8,6 +8,7 @@ percent) and ``tensorboard/``.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +22,7 @@ from dataset import WTALDataset
 from eval.report import format_table, selection_score
 from losses import PECRLoss
 from model import build_model, load_clip
-from test import evaluate
+from test import check_classes, evaluate, load_reference
 from train import make_optimizer, train_step
 from utils.checkpoint import load_checkpoint, load_model_state, model_state, save_checkpoint
 from utils.device import resolve_device
@@ -42,7 +43,7 @@ class Run:
     def __init__(self, opts):
         self.opts = opts
         self.dir = Path(opts.output_dir) / opts.model_name
-        seed_everything(opts.seed)
+        seed_everything(opts.seed, opts.deterministic)
         self.device = resolve_device(opts.device)
         clip_model = load_clip(opts, self.device)
         if opts.synthetic_generate:
@@ -50,6 +51,7 @@ class Run:
             ensure_synthetic(opts, clip_model.embed_dim)
         self.dataset = WTALDataset(opts, clip_dim=clip_model.embed_dim)
         self.model = build_model(opts, self.dataset.class_phrases, self.device, clip_model=clip_model)
+        self.reference = load_reference(opts)  # ground truth and ambiguous regions, read once (fails fast)
         self.criterion = PECRLoss(opts)
         self.optimizer = make_optimizer(self.model, opts)
         self.rng = np.random.default_rng(opts.seed)  # training-batch sampler
@@ -57,16 +59,19 @@ class Run:
         self.history: list[dict] = []  # {"iteration": i, term: value, ..., "total": value} per step of this session
 
     # ------------------------------------------------------------------ checkpoints
-    def payload(self, iteration: int) -> dict:
-        return {"model": model_state(self.model), "optimizer": self.optimizer.state_dict(), "iteration": iteration,
-                "best": self.best, "sampler": self.rng.bit_generator.state, "rng": rng_state(),
-                "options": options.options_to_dict(self.opts), "classlist": self.dataset.classlist}
-
-    def save(self, name: str, iteration: int) -> None:
-        save_checkpoint(self.dir / name, self.payload(iteration))
+    def save(self, name: str, iteration: int, resumable: bool) -> None:
+        """``best.pt``: the model and what test.py needs; ``last.pt`` (resumable) adds the optimizer,
+        the sampler and RNG states."""
+        payload = {"model": model_state(self.model), "iteration": iteration, "best": self.best,
+                   "options": options.options_to_dict(self.opts), "classlist": self.dataset.classlist}
+        if resumable:
+            payload |= {"optimizer": self.optimizer.state_dict(), "sampler": self.rng.bit_generator.state,
+                        "rng": rng_state()}
+        save_checkpoint(self.dir / name, payload)
 
     def resume(self) -> None:
-        ckpt = load_checkpoint(self.dir / "last.pt", map_location=self.device)
+        ckpt = load_checkpoint(self.dir / "last.pt", map_location="cpu")  # RNG states must stay CPU tensors
+        check_classes(ckpt, self.dataset.classlist, self.dir / "last.pt")
         load_model_state(self.model, ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.rng.bit_generator.state = ckpt["sampler"]
@@ -75,7 +80,7 @@ class Run:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, iteration: int, writer: SummaryWriter) -> dict:
-        record = evaluate(self.model, self.dataset, self.opts, iteration).record
+        record = evaluate(self.model, self.dataset, self.opts, iteration, reference=self.reference).record
         for t, m in zip(record["tiou"], record["mAP"]):
             writer.add_scalar(f"mAP/tIoU={t:g}", 100 * m, iteration)
         for name, value in record["average_mAP"].items():
@@ -94,6 +99,10 @@ class Run:
         options.save_options(opts, self.dir / "options.yaml")
         if opts.resume:
             self.resume()
+        else:  # a fresh run in an existing run folder replaces that run's results and logs
+            for old in ("metrics.jsonl", "results.txt"):
+                (self.dir / old).unlink(missing_ok=True)
+            shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)
         writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self.start)
         record = None
         if opts.eval_at_start and self.start == 0:
@@ -114,10 +123,9 @@ class Run:
                     score = selection_score(record, opts.protocol)
                     if score > self.best:
                         self.best = score
-                        self.save("best.pt", iteration)
-                if should_evaluate(iteration, opts) or (iteration + 1) % opts.checkpoint_every == 0 \
-                        or iteration == opts.max_iter - 1:
-                    self.save("last.pt", iteration)
+                        self.save("best.pt", iteration, resumable=False)
+                if (iteration + 1) % opts.checkpoint_every == 0 or iteration == opts.max_iter - 1:
+                    self.save("last.pt", iteration, resumable=True)
         finally:
             bar.close()
             writer.close()

@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", dest="output_dir", default="outputs", help="root folder of run outputs")
     g.add_argument("--seed", type=int, default=3552, help="one seed for data sampling, initialisation and test-time sampling")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    g.add_argument("--deterministic", type=B, default=False, help="deterministic algorithms (bitwise-repeatable CUDA runs, slower); CPU runs are repeatable anyway")
     g.add_argument("--resume", type=B, nargs="?", const=True, default=False, help="continue the run in <output-dir>/<model-name>/ from its last checkpoint")
 
     g = p.add_argument_group("data (SPEC §1)")
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-feature-dir", dest="clip_feature_dir", default="features/Thumos14reduced-CLIP", help="folder holding <split>/<videoname>.npy CLIP snippet features")
     g.add_argument("--clip-train-split", dest="clip_train_split", default="train", help="sub-folder of --clip-feature-dir with the training videos")
     g.add_argument("--clip-test-split", dest="clip_test_split", default="test", help="sub-folder of --clip-feature-dir with the test videos")
-    g.add_argument("--ambiguous-file", dest="ambiguous_file", type=_optional_path, default="features/Thumos14reduced-Annotations/Ambiguous_test.txt", help="THUMOS14 ambiguous regions excluded from evaluation (none to disable)")
+    g.add_argument("--ambiguous-file", dest="ambiguous_file", type=_optional_path, default="auto", help="THUMOS14 ambiguous regions excluded from evaluation: auto = <annotation-dir>/Ambiguous_test.txt when present, a path, or none")
     g.add_argument("--train-subset", dest="train_subset", default="validation", help="subset.npy value of the training videos")
     g.add_argument("--test-subset", dest="test_subset", default="test", help="subset.npy value of the test videos")
     g.add_argument("--min-snippets", dest="min_snippets", type=int, default=0, help="drop videos with fewer snippets (ActivityNet1.2: 11, i.e. drop <= 10)")
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--synthetic-seed", dest="synthetic_seed", type=int, default=0, help="seed of the generated data")
 
     g = p.add_argument_group("model (SPEC §2)")
-    g.add_argument("--clip-backbone", dest="clip_backbone", default="RN50", help="CLIP checkpoint: official name (RN50, ViT-B/16, ...), a file path, or random-tiny / random-RN50 / random-ViT-B/16 (random weights)")
+    g.add_argument("--clip-backbone", dest="clip_backbone", default="RN50", help="CLIP checkpoint: RN50 or ViT-B/16 (official weights, downloaded once and verified), a checkpoint file of any OpenAI CLIP architecture, or random-tiny / random-RN50 / random-ViT-B/16 (random weights)")
     g.add_argument("--clip-download-root", dest="clip_download_root", type=_optional_path, default=None, help="cache folder of CLIP checkpoints and the vocabulary (default: $PECR_CLIP_ROOT, else ~/.cache/clip)")
     g.add_argument("--clip-vocab", dest="clip_vocab", type=_optional_path, default=None, help="path of bpe_simple_vocab_16e6.txt.gz (default: $PECR_CLIP_VOCAB, the cache, or download)")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout of the cross-modal consensus modules")
@@ -243,8 +244,8 @@ def _given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] 
 
 
 def options_to_dict(opts: argparse.Namespace) -> dict[str, Any]:
-    """Plain, YAML-safe dict of the resolved options (without ``config``)."""
-    return {k: v for k, v in sorted(vars(opts).items()) if k != "config"}
+    """Plain, YAML-safe dict of the resolved options, without the session-only ``config`` and ``resume``."""
+    return {k: v for k, v in sorted(vars(opts).items()) if k not in ("config", "resume")}
 
 
 def save_options(opts: argparse.Namespace, path: str | os.PathLike) -> None:

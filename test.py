@@ -37,6 +37,9 @@ from utils.errors import PECRError, cli
 from utils.io import atomic_write_text
 
 
+RUN_LOCAL = ("device", "resume")  # options of the training machine / session that test.py does not inherit
+
+
 @dataclass
 class Evaluation:
     """One test pass: the metrics record (fractions), detections (snippet units) and timings (s)."""
@@ -46,13 +49,48 @@ class Evaluation:
     timings: dict = field(default_factory=dict)
 
 
+@dataclass
+class Reference:
+    """What test passes are scored against, read once per run."""
+
+    ground_truth: pd.DataFrame               # video-id, label, t-start, t-end (snippet units)
+    ambiguous: dict[str, np.ndarray] | None  # THUMOS14 regions excluded from evaluation (seconds)
+
+
+def ambiguous_file(opts) -> Path | None:
+    """``--ambiguous-file``: ``auto`` = ``<annotation-dir>/Ambiguous_test.txt`` when it exists, ``none`` = no filter."""
+    if opts.ambiguous_file == "auto":
+        path = Path(opts.annotation_dir) / "Ambiguous_test.txt"
+        return path if path.is_file() else None
+    return Path(opts.ambiguous_file) if opts.ambiguous_file else None
+
+
+def load_reference(opts) -> Reference:
+    """Ground truth of every test-subset video with a segment (SPEC §6, as the release: segments of
+    videos dropped for being too short, ActivityNet1.2's <= 10 snippets, count as misses)."""
+    gt = load_wtalc_ground_truth(opts.annotation_dir, opts.test_subset, True, opts.feature_fps, opts.snippet_frames)
+    path = ambiguous_file(opts)
+    return Reference(gt, load_ambiguous(path) if path else None)
+
+
+def check_classes(ckpt: dict, classlist: Sequence[str], path) -> None:
+    """PECRError when a checkpoint was trained on another class list than the dataset's."""
+    saved = ckpt.get("classlist")
+    if saved is not None and list(saved) != list(classlist):
+        raise PECRError(f"checkpoint {path} was trained on {len(saved)} classes {list(saved)[:3]}..., the dataset has "
+                        f"{len(classlist)} classes {list(classlist)[:3]}...: trained on another dataset?")
+
+
 @torch.inference_mode()
-def evaluate(model: PECR, dataset: WTALDataset, opts, iteration: int = 0, progress: bool = True) -> Evaluation:
+def evaluate(model: PECR, dataset: WTALDataset, opts, iteration: int = 0, progress: bool = True,
+             reference: Reference | None = None) -> Evaluation:
     """Run inference over the test split and score it by the protocol of ``opts.protocol``.
 
     The prompt text features are computed once per pass; test-time sampling draws from a
     generator seeded with ``opts.seed``, so a pass is reproducible and leaves the global RNG alone.
+    ``reference`` (from :func:`load_reference`) is read here when not given.
     """
+    reference = reference or load_reference(opts)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -77,12 +115,9 @@ def evaluate(model: PECR, dataset: WTALDataset, opts, iteration: int = 0, progre
 
     t0 = time.perf_counter()
     detections = pd.concat(tables, ignore_index=True)
-    if opts.ambiguous_file:
-        detections = filter_ambiguous(detections, load_ambiguous(opts.ambiguous_file), opts.feature_fps, opts.snippet_frames)
-    # every test-subset video with a segment (SPEC §6), as the release: the segments of videos dropped
-    # for being too short (ActivityNet1.2, <= 10 snippets) count as misses
-    gt = load_wtalc_ground_truth(opts.annotation_dir, opts.test_subset, True, opts.feature_fps, opts.snippet_frames)
-    result = evaluate_detection(gt, detections, opts.tiou_thresholds, dataset.num_classes)
+    if reference.ambiguous is not None:
+        detections = filter_ambiguous(detections, reference.ambiguous, opts.feature_fps, opts.snippet_frames)
+    result = evaluate_detection(reference.ground_truth, detections, opts.tiou_thresholds, dataset.num_classes)
     cmap = classification_map(np.stack(scores)[:, :-1], dataset.labels[names])
     timings["map"] = time.perf_counter() - t0
     record = metrics_record(iteration, opts.tiou_thresholds, result.mAP, opts.protocol, cmap)
@@ -99,9 +134,10 @@ def detections_json(detections: pd.DataFrame, classlist: Sequence[str], opts) ->
     return {"version": "PECR", "results": results, "external_data": {"used": True, "details": "CLIP (OpenAI)"}}
 
 
-def load_weights(model: PECR, ckpt: dict | None, ckpt_path: str) -> None:
+def load_weights(model: PECR, ckpt: dict | None, ckpt_path: str, classlist: Sequence[str]) -> None:
     """Our checkpoint payload, or (``ckpt`` None) the authors' released weights through the name mapping."""
     if ckpt is not None:
+        check_classes(ckpt, classlist, ckpt_path)
         load_model_state(model, ckpt["model"])
     else:
         print(load_release_checkpoint(model, ckpt_path).summary())
@@ -124,7 +160,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, dict | 
         if "not a PECR checkpoint" not in str(err):
             raise
         ckpt = None  # the authors' release: a bare state dict
-    opts = options.parse_args(rest, base=ckpt.get("options") if ckpt else None)
+    saved = {k: v for k, v in (ckpt or {}).get("options", {}).items() if k not in RUN_LOCAL}
+    opts = options.parse_args(rest, base=saved)
     return opts, known.ckpt, ckpt, Path(known.out_dir) if known.out_dir else None
 
 
@@ -134,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(opts.device)
     dataset = WTALDataset(opts)
     model = build_model(opts, dataset.class_phrases, device)
-    load_weights(model, ckpt, ckpt_path)
+    load_weights(model, ckpt, ckpt_path, dataset.classlist)
     evaluation = evaluate(model, dataset, opts, iteration=ckpt["iteration"] if ckpt else 0)
     out_dir = out_dir or Path(ckpt_path).parent
     record = evaluation.record

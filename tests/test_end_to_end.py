@@ -27,7 +27,7 @@ def tiny_args(tmp_path, *extra):
             "--synthetic-videos", "16", "--synthetic-classes", "3", "--feature-size", "32",
             "--max-seqlen", "24", "--batch-size", "4", "--num-similar", "1", "--k-easy", "4", "--k-hard", "2",
             "--mining-m", "6", "--num-prob-v", "3", "--max-iter", "4", "--interval", "3",
-            "--checkpoint-every", "1", "--seed", "7", *extra]
+            "--checkpoint-every", "1", "--seed", "7", "--device", "cpu", *extra]
 
 
 def train(args) -> train_main.Run:
@@ -145,3 +145,29 @@ def test_should_evaluate_schedule():
     evaluated = [i for i in range(opts.max_iter) if train_main.should_evaluate(i, opts)]
     assert evaluated[0] == 3050 and evaluated[-1] == 9000 and all(i % 50 == 0 for i in evaluated)
     assert len(evaluated) == (9000 - 3050) // 50 + 1
+
+
+def test_fresh_run_replaces_results_and_checkpoint_classes_are_checked(tmp_path, capsys):
+    args = tiny_args(tmp_path, "--max-iter", "1", "--interval", "100")
+    train(args)
+    train(args)  # the same run folder again, without --resume
+    run_dir = tmp_path / "out" / "run"
+    assert [r["iteration"] for r in metrics(run_dir)] == [0]
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1
+
+    ckpt = load_checkpoint(run_dir / "last.pt")  # same class count, other class names
+    ckpt["classlist"] = [f"other{i}" for i in range(len(ckpt["classlist"]))]
+    save_checkpoint(tmp_path / "renamed.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    capsys.readouterr()  # drop the training runs' progress bars
+    assert test_cli.main(["--ckpt", str(tmp_path / "renamed.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "other0" in err and "another dataset" in err and "\n" not in err
+
+
+def test_ambiguous_file_auto(tmp_path):
+    opts = options.parse_args(["--annotation-dir", str(tmp_path)])
+    assert opts.ambiguous_file == "auto" and test_cli.ambiguous_file(opts) is None
+    (tmp_path / "Ambiguous_test.txt").write_text("video_test_1  1.0 2.0\n")
+    assert test_cli.ambiguous_file(opts) == tmp_path / "Ambiguous_test.txt"
+    assert test_cli.ambiguous_file(options.parse_args(["--ambiguous-file", "none"])) is None
+    assert options.parse_args(["--dataset", "activitynet"]).ambiguous_file is None
