@@ -83,7 +83,8 @@ class TrainBatch:
 
 @dataclass
 class TestVideo:
-    """One whole test video: features (1,T,F), clip_features (1,T,D), labels (C,) float32."""
+    """One whole test video: features (1,T,F) on the requested device; clip_features (1,T,D) and
+    labels (C,) on the CPU (inference needs only the features). All float32."""
 
     index: int
     name: str
@@ -402,8 +403,8 @@ class WTALDataset:
             index=int(index),
             name=self.video_names[index],
             features=torch.tensor(feats, device=device)[None],
-            clip_features=torch.tensor(clip, device=device)[None],
-            labels=torch.tensor(self.labels[index], device=device),
+            clip_features=torch.from_numpy(clip.copy())[None],
+            labels=torch.from_numpy(self.labels[index].copy()),
         )
 
     def test_videos(self, device=None) -> Iterator[TestVideo]:
