@@ -281,10 +281,11 @@ def _labels(B, classes=C):
 
 
 def test_gradients_reach_every_trainable_parameter_but_not_frozen_text_weights():
-    m = make_model().to(resolve_device("auto")).train()
+    dev = resolve_device("auto")
+    m = make_model().to(dev).train()
     B, T = 6, 40
-    out = m(features(B, T))
-    total, _ = losses.PECRLoss(_loss_opts())(out, _labels(B), torch.randn(B, T, D))
+    out = m(features(B, T).to(dev))
+    total, _ = losses.PECRLoss(_loss_opts())(out, _labels(B).to(dev), torch.randn(B, T, D).to(dev))
     total.backward()
     for name, p in m.named_parameters():
         if not p.requires_grad:
@@ -298,12 +299,8 @@ def test_gradients_reach_every_trainable_parameter_but_not_frozen_text_weights()
 
 # ----------------------------------------------------------------------------- with the real clip/
 
-def _clip():
-    return pytest.importorskip("clip", reason="clip/ package not available yet")
-
-
 def test_build_model_random_tiny_trains_prompts_only(clip_vocab):
-    clip = _clip()
+    import clip
     opts = parse_args(["--dataset", "synthetic", "--device", "auto", "--clip-vocab", str(clip_vocab),
                        "--k-easy", "5", "--k-hard", "3", "--mining-m", "8"])
     phrases = ["baseball pitch", "clean and jerk", "diving"]
@@ -314,7 +311,8 @@ def test_build_model_random_tiny_trains_prompts_only(clip_vocab):
     assert set(_release_table().values()) == {k for k in model.state_dict() if not k.startswith(CLIP_PREFIX)}
     clip_model = model.text_encoder.clip_model   # the parts PECR never runs are dropped ...
     assert clip_model.visual is None and clip_model.token_embedding is None
-    full = build_model(opts, phrases, "cpu", clip_model=load_clip(opts), full_clip=True)  # ... unless asked
+    dev = next(model.parameters()).device
+    full = build_model(opts, phrases, dev, clip_model=load_clip(opts, dev), full_clip=True)  # ... unless asked
     assert full.text_encoder.clip_model.visual is not None and full.text_encoder.clip_model.token_embedding is not None
     full.text_encoder.load_state_dict(model.text_encoder.state_dict(), strict=False)
     full.text_encoder.prompt_table.data.copy_(model.text_encoder.prompt_table.data)
@@ -323,9 +321,9 @@ def test_build_model_random_tiny_trains_prompts_only(clip_vocab):
     model.train()
     assert not model.text_encoder.clip_model.training
     B, T = 4, 33
-    out = model(features(B, T)[..., : opts.feature_size])
+    out = model(features(B, T)[..., : opts.feature_size].to(dev))
     assert out.text_features.shape == (len(phrases) + 1, model.clip_dim)
-    total, _ = losses.PECRLoss(opts)(out, _labels(B, 3), torch.randn(B, T, model.clip_dim))
+    total, _ = losses.PECRLoss(opts)(out, _labels(B, 3).to(dev), torch.randn(B, T, model.clip_dim).to(dev))
     total.backward()
     clip_params = dict(model.text_encoder.clip_model.named_parameters())
     assert clip_params and all(p.grad is None and not p.requires_grad for p in clip_params.values())
@@ -339,7 +337,6 @@ def test_build_model_random_tiny_trains_prompts_only(clip_vocab):
 @pytest.mark.slow
 def test_full_shape_forward_backward_random_rn50(clip_vocab):
     """THUMOS14 defaults: batch 10, T 320, 2048-d features, RN50-sized CLIP text tower (random)."""
-    _clip()
     opts = parse_args(["--clip-backbone", "random-RN50", "--device", "cpu", "--clip-vocab", str(clip_vocab)])
     phrases = ["baseball pitch", "basketball dunk", "billiards", "clean and jerk", "cliff diving",
                "cricket bowling", "cricket shot", "diving", "frisbee catch", "golf swing", "hammer throw",
