@@ -25,7 +25,7 @@ weights with zero biases (``init="xavier"``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -90,10 +90,6 @@ class PECROutput:
     var: Tensor
     text_features: Tensor
     samples: Tensor | None = None
-
-    def detach(self) -> "PECROutput":
-        return PECROutput(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).detach()
-                             for f in fields(self)})
 
 
 def xavier_init_(module: nn.Module) -> None:
