@@ -31,7 +31,8 @@ from eval.detection import evaluate_detection
 from eval.proposals import ProposalConfig, filter_ambiguous, load_ambiguous, to_seconds, video_proposals
 from eval.report import format_table, metrics_record
 from model import PECR, build_model
-from utils.checkpoint import load_checkpoint, load_model_state, load_release_checkpoint
+from utils.checkpoint import (check_checkpoint, is_pecr_checkpoint, load_model_state, load_release_checkpoint,
+                              read_checkpoint)
 from utils.device import resolve_device
 from utils.errors import PECRError, cli
 from utils.io import atomic_write_text
@@ -134,17 +135,18 @@ def detections_json(detections: pd.DataFrame, classlist: Sequence[str], opts) ->
     return {"version": "PECR", "results": results, "external_data": {"used": True, "details": "CLIP (OpenAI)"}}
 
 
-def load_weights(model: PECR, ckpt: dict | None, ckpt_path: str, classlist: Sequence[str]) -> None:
-    """Our checkpoint payload, or (``ckpt`` None) the authors' released weights through the name mapping."""
-    if ckpt is not None:
+def load_weights(model: PECR, ckpt: dict, ckpt_path: str, classlist: Sequence[str]) -> None:
+    """Our checkpoint payload, or ({"release": content}) the authors' weights through the name mapping."""
+    if "release" in ckpt:
+        print(load_release_checkpoint(model, ckpt_path, data=ckpt["release"]).summary())
+    else:
         check_classes(ckpt, classlist, ckpt_path)
         load_model_state(model, ckpt["model"])
-    else:
-        print(load_release_checkpoint(model, ckpt_path).summary())
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, dict | None, Path | None]:
-    """Options (the checkpoint's own as defaults), checkpoint path, our payload (None: release file), out dir."""
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, dict, Path | None]:
+    """Options (the checkpoint's own as defaults), checkpoint path, payload ({"release": ...} for the
+    authors' file), out dir."""
     front = argparse.ArgumentParser(add_help=False)
     front.add_argument("--ckpt", required=True, help="checkpoint: ours (best.pt / last.pt) or the authors' release")
     front.add_argument("--out-dir", dest="out_dir", default=None, help="where to write detections.json and metrics.json")
@@ -154,13 +156,9 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, dict | 
         print("\nAll options of main.py are accepted too (python main.py --help).")
         sys.exit(0)
     known, rest = front.parse_known_args(argv)
-    try:
-        ckpt = load_checkpoint(known.ckpt)
-    except PECRError as err:
-        if "not a PECR checkpoint" not in str(err):
-            raise
-        ckpt = None  # the authors' release: a bare state dict
-    saved = {k: v for k, v in (ckpt or {}).get("options", {}).items() if k not in RUN_LOCAL}
+    data = read_checkpoint(known.ckpt)  # read once: ours, or the authors' release (a bare state dict)
+    ckpt = check_checkpoint(data, known.ckpt) if is_pecr_checkpoint(data) else {"release": data}
+    saved = {k: v for k, v in ckpt.get("options", {}).items() if k not in RUN_LOCAL}
     opts = options.parse_args(rest, base=saved)
     return opts, known.ckpt, ckpt, Path(known.out_dir) if known.out_dir else None
 
@@ -172,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = WTALDataset(opts)
     model = build_model(opts, dataset.class_phrases, device)
     load_weights(model, ckpt, ckpt_path, dataset.classlist)
-    evaluation = evaluate(model, dataset, opts, iteration=ckpt["iteration"] if ckpt else 0)
+    evaluation = evaluate(model, dataset, opts, iteration=ckpt.get("iteration", 0))
     out_dir = out_dir or Path(ckpt_path).parent
     record = evaluation.record
     print(format_table(record, opts.protocol))

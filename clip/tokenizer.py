@@ -56,15 +56,15 @@ def clean_text(text: str) -> str:
 
 
 def set_vocab_path(path: str | os.PathLike | None) -> None:
-    """Make ``path`` (the vocabulary file or its folder; None to unset) the default vocabulary,
-    e.g. from the ``--clip-vocab`` option."""
+    """Make ``path`` (the vocabulary file or its folder; None to unset) the process-wide default
+    vocabulary (below an explicit path; ``model.build_model`` passes ``--clip-vocab`` explicitly)."""
     global _vocab_override
     _vocab_override = None if path is None else str(path)
 
 
 def find_vocab(path: str | os.PathLike | None = None, download_root: str | os.PathLike | None = None) -> Path:
     """The vocabulary file, by the lookup order of this module's docstring."""
-    for candidate, source in ((path, "vocab_path"), (_vocab_override, "--clip-vocab"), (os.environ.get(VOCAB_ENV), VOCAB_ENV)):
+    for candidate, source in ((path, "vocab_path"), (_vocab_override, "set_vocab_path"), (os.environ.get(VOCAB_ENV), VOCAB_ENV)):
         if candidate:
             found = Path(os.path.expanduser(str(candidate)))
             if found.is_dir():

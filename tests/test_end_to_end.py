@@ -171,3 +171,18 @@ def test_ambiguous_file_auto(tmp_path):
     assert test_cli.ambiguous_file(opts) == tmp_path / "Ambiguous_test.txt"
     assert test_cli.ambiguous_file(options.parse_args(["--ambiguous-file", "none"])) is None
     assert options.parse_args(["--dataset", "activitynet"]).ambiguous_file is None
+
+
+def test_test_cli_reads_a_release_named_checkpoint(trained, tmp_path, capsys):
+    """The authors' format (bare state dict, release names) scores like our own checkpoint of the same weights."""
+    from utils.checkpoint import _release_table
+    run_dir = trained / "out" / "run"
+    ours = load_checkpoint(run_dir / "last.pt")
+    inverse = {v: k for k, v in _release_table().items()}
+    torch.save({inverse[k]: v for k, v in ours["model"]["state_dict"].items()}, tmp_path / "release.pkl")
+    config = str(run_dir / "options.yaml")
+    assert test_cli.main(["--ckpt", str(run_dir / "last.pt"), "--out-dir", str(tmp_path / "a")]) == 0
+    assert test_cli.main(["--ckpt", str(tmp_path / "release.pkl"), "--config", config, "--out-dir", str(tmp_path / "b")]) == 0
+    assert "mapped" in capsys.readouterr().out
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert a["mAP"] == b["mAP"] and a["cmAP"] == b["cmAP"]

@@ -122,17 +122,29 @@ def _torch_load(path: Path, map_location, trusted: bool, what: str) -> Any:
                         f"{str(err).splitlines()[0] if str(err) else 'truncated'}); delete it and re-create it") from None
 
 
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", trusted: bool = False) -> Any:
+    """The raw content of a checkpoint file, ours or the authors' release (read once, dispatch with
+    :func:`is_pecr_checkpoint`). Loads with ``weights_only`` (tensors, containers, numbers, strings,
+    numpy arrays, e.g. RNG states); ``trusted=True`` allows arbitrary pickled objects.
+    PECRError when the file is missing or corrupt / unreadable."""
+    return _torch_load(Path(path), map_location, trusted, "checkpoint")
+
+
+def is_pecr_checkpoint(data: Any) -> bool:
+    """True for what :func:`save_checkpoint` writes."""
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     trusted: bool = False) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+    """Read a checkpoint written by :func:`save_checkpoint` (see :func:`read_checkpoint`); PECRError
+    also when it is not a PECR checkpoint."""
+    return check_checkpoint(read_checkpoint(path, map_location, trusted), path)
 
-    Loads with ``weights_only`` (tensors, containers, numbers, strings, numpy arrays, e.g. RNG
-    states); ``trusted=True`` allows arbitrary pickled objects. PECRError when the file is missing,
-    corrupt / unreadable, or not a PECR checkpoint.
-    """
-    path = Path(path)
-    data = _torch_load(path, map_location, trusted, "checkpoint")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+
+def check_checkpoint(data: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """``data`` (from :func:`read_checkpoint`) if it is a PECR checkpoint this code reads, else PECRError."""
+    if not is_pecr_checkpoint(data):
         hint = (" (it looks like a bare state dict, e.g. the authors' release: use load_release_checkpoint)"
                 if isinstance(data, dict) and data and all(torch.is_tensor(v) for v in data.values()) else "")
         raise PECRError(f"{path} is not a PECR checkpoint{hint}")
@@ -217,14 +229,16 @@ def convert_release_state_dict(sd: dict[str, torch.Tensor], keep_clip: bool = Fa
 
 
 def load_release_checkpoint(model: nn.Module, path: str | os.PathLike, keep_clip: bool = False,
-                            trusted: bool = False) -> ReleaseReport:
+                            trusted: bool = False, data: Any = None) -> ReleaseReport:
     """Load the authors' released weights (a state dict, possibly under "state_dict"/"model") into ``model``.
 
-    Shapes are checked (PECRError on mismatch); keys the release lacks keep their current values
-    and are listed in ``report.missing``.
+    ``data``: the file's content when already read (:func:`read_checkpoint`); ``path`` then only
+    names it in messages. Shapes are checked (PECRError on mismatch); keys the release lacks keep
+    their current values and are listed in ``report.missing``.
     """
     path = Path(path)
-    data = _torch_load(path, "cpu", trusted, "release checkpoint")
+    if data is None:
+        data = _torch_load(path, "cpu", trusted, "release checkpoint")
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
             data = data[wrapper]
