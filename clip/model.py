@@ -25,9 +25,10 @@ EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 def default_heads(width: int) -> int:
-    """Attention heads of a layer of width ``width``: OpenAI's 64-wide heads for widths >= 256
-    (every released model), 16-wide heads for the small test configurations."""
-    return width // 64 if width >= 256 else max(1, width // 16)
+    """Attention heads of a layer of width ``width``: OpenAI's ``build_model`` rule, 64-wide heads
+    (``width // 64``) for every width, so a small OpenAI-format checkpoint (width 64: one head) gives
+    the features OpenAI's code gives. Widths below 64, which OpenAI's code cannot build, get one head."""
+    return max(1, width // 64)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -299,7 +300,7 @@ CONFIGS: dict[str, dict] = {
 
 
 def tiny_config() -> dict:
-    """A small CLIP for tests and the synthetic demo: embed_dim 64, text width 64 (4 heads, 2 layers,
+    """A small CLIP for tests and the synthetic demo: embed_dim 64, text width 64 (1 head, 2 layers,
     full 49408 vocabulary and 77-token context so the real tokenizer works), ViT tower 32 px,
     patch 8, width 64, 2 layers. About 3.4 M parameters (3.2 M in the token embedding)."""
     return dict(embed_dim=64, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,

@@ -136,7 +136,7 @@ def some_tokens(lengths=(5, 9, 2), context=77, seed=0):
 def test_tiny_config_attributes(tiny):
     cfg = tiny_config()
     assert cfg["embed_dim"] == 64 and tiny.embed_dim == 64
-    assert (tiny.context_length, tiny.vocab_size, tiny.transformer_width, tiny.transformer_heads) == (77, 49408, 64, 4)
+    assert (tiny.context_length, tiny.vocab_size, tiny.transformer_width, tiny.transformer_heads) == (77, 49408, 64, 1)
     assert tiny.visual.input_resolution == 32 and isinstance(tiny.token_embedding, nn.Embedding)
     assert tiny.dtype == torch.float32 and not tiny.training
     assert config_from_state_dict(tiny.state_dict()) == cfg
@@ -157,7 +157,7 @@ def test_text_tower_matches_naive(tiny):
     tokens = some_tokens()
     sd = tiny.state_dict()
     with torch.no_grad():
-        torch.testing.assert_close(tiny.encode_text(tokens), naive_encode_text(sd, tokens, heads=4), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(tiny.encode_text(tokens), naive_encode_text(sd, tokens, heads=1), atol=1e-5, rtol=1e-4)
 
 
 def test_vit_tower_matches_naive(tiny):
@@ -165,7 +165,29 @@ def test_vit_tower_matches_naive(tiny):
     with torch.no_grad():
         got = tiny.encode_image(images)
     assert got.shape == (2, 64)
-    torch.testing.assert_close(got, naive_encode_image_vit(tiny.state_dict(), images, heads=4), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got, naive_encode_image_vit(tiny.state_dict(), images, heads=1), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("width, heads", [(64, 1), (96, 1), (128, 2), (512, 8), (768, 12), (1024, 16), (2048, 32)])
+def test_heads_follow_openai_rule_for_every_width(width, heads):
+    """OpenAI's build_model: text and ViT heads = width // 64, ResNet attention pool = vision width * 32 // 64."""
+    from clip.model import default_heads
+
+    assert default_heads(width) == heads == width // 64
+
+
+def test_small_openai_format_checkpoint_uses_one_head_per_64_channels():
+    """A width-128 text tower built from a state dict runs 2 heads: its features equal a naive 2-head
+    computation and differ from a 4-head one (the rule used before, which gave other features)."""
+    cfg = {**tiny_config(), "transformer_width": 128}
+    model = perturbed(random_model(cfg, seed=3))
+    built = build_model(model.state_dict())
+    assert built.transformer_heads == 2 and built.visual.transformer.resblocks[0].attn.heads == 1
+    tokens = some_tokens()
+    with torch.no_grad():
+        got = built.encode_text(tokens)
+        torch.testing.assert_close(got, naive_encode_text(built.state_dict(), tokens, heads=2), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(got, naive_encode_text(built.state_dict(), tokens, heads=4), atol=1e-3)
 
 
 def test_resnet_tower_matches_naive():
