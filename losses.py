@@ -31,11 +31,11 @@ TERMS = ("cls", "norm", "guide", "coactivity", "distill", "metric_action", "metr
 
 # ----------------------------------------------------------------------------- video loss (§3.1)
 
-def suppressed_cas(cas: Tensor, attention: Tensor, over: str = "time") -> Tensor:
+def suppressed_cas(cas: Tensor, attention: Tensor, over: str = "class") -> Tensor:
     """S = A * (CAS - min CAS) + min CAS: cas (B, T, C+1), attention (B, T) -> (B, T, C+1).
 
-    ``over="time"``: min_t per video and class, as SPEC §3.1 states (default). ``over="class"``:
-    min over the C+1 classes per snippet, what CO2-Net's code (and, by reading, the release) computes.
+    ``over="class"`` (default): the min over the C+1 classes of each snippet, what the release
+    (and CO2-Net) computes. ``over="time"``: the min over time per video and class.
     """
     low = cas.min(dim=1 if over == "time" else 2, keepdim=True).values
     return attention.unsqueeze(-1) * (cas - low) + low

@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha5", type=float, default=0.005, help="weight of the action distribution metric loss")
     g.add_argument("--alpha6", type=float, default=0.001, help="weight of the background distribution metric loss")
     g.add_argument("--alpha7", type=float, default=0.5, help="weight of the text orthogonality loss")
-    g.add_argument("--suppress-min", dest="suppress_min", choices=("time", "class"), default="time", help="suppressed CAS S = A(CAS - min) + min with the min over time (SPEC §3.1) or over classes (CO2-Net's code)")
+    g.add_argument("--suppress-min", dest="suppress_min", choices=("class", "time"), default="class", help="suppressed CAS S = A(CAS - min) + min with the min over the C+1 classes of each snippet (the release and CO2-Net) or over time per class")
     g.add_argument("--coactivity-margin", dest="coactivity_margin", type=float, default=0.5, help="margin of the co-activity hinge")
     g.add_argument("--k-easy", dest="k_easy", type=int, default=20, help="easy action / background snippets per video")
     g.add_argument("--k-hard", dest="k_hard", type=int, default=5, help="hard action / background snippets per video")
@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--act-num", dest="act_num", type=int, default=20, help="number of actionness thresholds")
     g.add_argument("--gamma-oic", dest="gamma_oic", type=float, default=0.1, help="weight of the video score in the outer-inner contrast")
     g.add_argument("--oic-margin", dest="oic_margin", type=float, default=0.25, help="outer region length as a fraction of the proposal length")
+    g.add_argument("--lone-first-snippet", dest="lone_first_snippet", choices=("skip", "keep"), default="skip", help="a threshold at which only snippet 0 is above it: skip = no proposal (the release, which tests indices.any()), keep = the single-snippet proposal [0, 1)")
     g.add_argument("--nms-sigma", dest="nms_sigma", type=float, default=0.3, help="Gaussian soft-NMS sigma")
     g.add_argument("--cls-topk", dest="cls_topk", choices=("release", "paper"), default="release", help="classification k: release = 1 (max over time), paper = ceil(T/8)")
 

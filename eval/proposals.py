@@ -18,6 +18,9 @@ Steps (T snippets, C classes, background last):
    snippets s..e becomes [s, e+1) with the outer-inner contrast score
    ``mean(inside) - mean(outside) + gamma_oic * p_c``; outside = [max(0, trunc(s - m·n)), s)
    ∪ (e, min(T-1, trunc(e + m·n))], n = e - s + 1, m = oic_margin, mean 0 when empty.
+   Release quirk (``lone_first_snippet="skip"``, default): a (threshold, class) row whose only
+   above-threshold snippet is snippet 0 makes no proposal (the release tests ``indices.any()``,
+   False for the index list [0]); ``"keep"`` makes the single-snippet proposal [0, 1) there too.
 5. per class, Gaussian soft-NMS with the release's pick order (see :func:`soft_nms`); every
    proposal is kept with its decayed score.
 Rows come class by class (classes in order of their first proposal, as the release's dict),
@@ -53,6 +56,11 @@ class ProposalConfig:
     gamma_oic: float = 0.1
     oic_margin: float = 0.25
     nms_sigma: float = 0.3
+    lone_first_snippet: str = "skip"
+
+    def __post_init__(self):
+        if self.lone_first_snippet not in ("skip", "keep"):
+            raise PECRError(f"unknown --lone-first-snippet {self.lone_first_snippet!r}; use skip (the release) or keep")
 
     @classmethod
     def from_options(cls, opts: Any) -> "ProposalConfig":
@@ -188,6 +196,8 @@ def video_proposals(cas, attention, cfg: ProposalConfig, video_id: str) -> pd.Da
                            np.repeat(attention[None] > act_thr[:, None], n_cls, axis=0)])
     values = np.concatenate([norm, raw])  # score sequences: CAS family rows use norm, actionness rows raw
     n_cas_rows = cas_thr.size * n_cls
+    if cfg.lone_first_snippet == "skip":  # the release: no proposal when snippet 0 alone is above the threshold
+        mask[mask[:, 0] & (mask.sum(axis=1) == 1)] = False
     row, start, end = group_runs(mask)
     cls_pos = row % n_cls
     seq = np.where(row < n_cas_rows, cls_pos, n_cls + cls_pos)

@@ -70,6 +70,9 @@ def naive_video_proposals(cas, att, cfg):
     for thresholds, group_seq, score_seq in families:
         for thr in thresholds:
             for c in pred:
+                indices = np.where(group_seq(c) > thr)[0]
+                if cfg.lone_first_snippet == "skip" and not indices.any():  # the release's test: [0] is "empty"
+                    continue
                 for g in naive_groups(group_seq(c), thr):
                     score = naive_oic(score_seq(c), g, cfg.oic_margin) + cfg.gamma_oic * p[c]
                     proposals.setdefault(c, []).append([g[0], g[-1] + 1, score, c])
@@ -180,11 +183,15 @@ def test_soft_nms_matches_naive_loop():
 def test_video_proposals_match_naive_pipeline():
     rng = np.random.default_rng(11)
     configs = [ProposalConfig(), ProposalConfig(test_topk=4, vid_thresh=0.05, cas_num=6, act_num=5, oic_margin=0.4,
-                                                gamma_oic=0.3, nms_sigma=0.5)]
-    for i in range(80):
+                                                gamma_oic=0.3, nms_sigma=0.5),
+               ProposalConfig(lone_first_snippet="keep")]
+    for i in range(120):
         T, C = int(rng.integers(1, 50)), int(rng.integers(1, 5))
         cas, att = random_video(rng, T, C)
-        cfg = configs[i % 2]
+        if i % 4 == 0:  # snippet 0 stands out: at high thresholds it is the only one above
+            cas[0] += 6
+            att[0] = max(att[0], 0.99)
+        cfg = configs[i % 3]
         got = video_proposals(cas, att, cfg, "vid")
         want = naive_video_proposals(cas, att, cfg)
         assert list(got.columns) == ["video-id", "label", "t-start", "t-end", "score"]
@@ -207,6 +214,25 @@ def test_video_proposals_by_hand():
     assert list(zip(df["t-start"], df["t-end"])) == [(1, 3), (4, 5), (1, 3)]
     np.testing.assert_allclose(df["score"], [a, b, a * math.exp(-1 / 0.3)])
     assert (df["label"] == 0).all()
+
+
+def test_lone_first_snippet_quirk_by_hand():
+    """Only snippet 0 above a threshold: the release (skip) makes no proposal there, keep makes [0, 1);
+    a threshold where snippet 0 and others are above keeps [0, 1) either way. The skipped proposal
+    also changes the soft-NMS decay of the others."""
+    cas = np.array([[4, 0], [1, 0], [0, 0], [3, 0], [0, 0], [0, 0]], dtype=np.float64)
+    att = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    cfg = ProposalConfig(cas_s=0.5, cas_e=0.8, cas_num=2, act_num=0)  # normalised [1, .25, 0, .75, 0, 0]
+    skip = video_proposals(cas, att, cfg, "v")
+    keep = video_proposals(cas, att, ProposalConfig(cas_s=0.5, cas_e=0.8, cas_num=2, act_num=0,
+                                                    lone_first_snippet="keep"), "v")
+    # thr 0.5: runs [0,1) and [3,4) (snippet 0 not alone); thr 0.8: only snippet 0 -> skipped / kept
+    assert sorted(zip(skip["t-start"], skip["t-end"])) == [(0, 1), (3, 4)]
+    assert sorted(zip(keep["t-start"], keep["t-end"])) == [(0, 1), (0, 1), (3, 4)]
+    # [0,1) from thr 0.5 is decayed by its duplicate only under keep
+    assert skip["score"].min() > keep["score"].min()
+    with pytest.raises(PECRError, match="lone-first-snippet"):
+        ProposalConfig(lone_first_snippet="maybe")
 
 
 def test_video_proposals_input_checks():

@@ -52,7 +52,7 @@ def ref_mil(cas, labels, topk, background):
     return total / B
 
 
-def ref_suppressed(cas, att, over="time"):
+def ref_suppressed(cas, att, over="class"):
     out = np.empty_like(cas)
     B, T, C1 = cas.shape
     for b in range(B):
@@ -172,8 +172,9 @@ def test_suppressed_cas_matches_loop(B, T):
     cas, att = torch.randn(B, T, 5, generator=g), torch.rand(B, T, generator=g)
     close(L.suppressed_cas(cas, att), ref_suppressed(cas.numpy().astype(float), att.numpy().astype(float)),
           atol=1e-6)
-    close(L.suppressed_cas(cas, att, "class"),
-          ref_suppressed(cas.numpy().astype(float), att.numpy().astype(float), "class"), atol=1e-6)
+    close(L.suppressed_cas(cas, att, "time"),
+          ref_suppressed(cas.numpy().astype(float), att.numpy().astype(float), "time"), atol=1e-6)
+    assert not torch.allclose(L.suppressed_cas(cas, att), L.suppressed_cas(cas, att, "time"))
 
 
 @pytest.mark.parametrize("B,T", SHAPES + [(7, 1)])
@@ -417,14 +418,15 @@ def test_total_loss_matches_loop(B, T, metric, mode):
     close(total, sum(expected.values()), rtol=1e-6)
 
 
-def test_suppress_min_over_classes_option():
-    opts = parse_args(["--suppress-min", "class", "--k-easy", "6", "--k-hard", "3", "--mining-m", "9"])
+def test_suppress_min_default_is_release_class_min_and_time_is_an_option():
+    assert parse_args([]).suppress_min == "class"
+    opts = parse_args(["--suppress-min", "time", "--k-easy", "6", "--k-hard", "3", "--mining-m", "9"])
     g = torch.Generator().manual_seed(11)
     B, T, C = 6, 41, 4
     out, labels = _fake_output(g, B, T, C, 16, 12), rand_labels(g, B, C)
     _, terms = L.PECRLoss(opts)(out, labels, torch.randn(B, T, 12, generator=g))
     cas, att, y = out.cas.double().numpy(), out.attention.double().numpy(), labels.numpy()
-    supp = ref_suppressed(cas, att, "class")
+    supp = ref_suppressed(cas, att, "time")
     close(terms["cls"], opts.alpha0 * (ref_mil(cas, y, opts.train_topk, 1.0) + ref_mil(supp, y, opts.train_topk, 0.0)),
           atol=1e-7)
     close(terms["coactivity"], opts.alpha3 * ref_coactivity(out.f0.double().numpy(), supp, y, opts.num_similar,
