@@ -32,9 +32,10 @@ from utils.seed import rng_state, seed_everything, set_rng_state
 
 
 def should_evaluate(iteration: int, opts) -> bool:
-    """After training step ``iteration``: every ``interval`` once past ``warmup_iter``, and at the last step."""
-    past_warmup = iteration > opts.warmup_iter
-    return past_warmup and (iteration % opts.interval == 0 or iteration == opts.max_iter - 1)
+    """After training step ``iteration``: every ``interval`` once past ``warmup_iter``, and always at the
+    last step (so a run shorter than the warm-up still ends with an evaluation and a best.pt)."""
+    last = iteration == opts.max_iter - 1
+    return last or (iteration > opts.warmup_iter and iteration % opts.interval == 0)
 
 
 class Run:

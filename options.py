@@ -216,32 +216,207 @@ def _load_yaml(path: str, valid_keys: set[str]) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None, base: dict[str, Any] | None = None) -> argparse.Namespace:
-    """Resolve the options: defaults < preset < ``base`` < YAML < command line.
+    """Resolve the options: defaults < preset < ``base`` < YAML < command line, then check every
+    value against :data:`RANGES` and :func:`check_consistency` (PECRError naming the option).
 
     ``base`` is a saved option dict (e.g. the one stored in a checkpoint, used by test.py).
     """
     parser = build_parser()
     valid = {a.dest for a in parser._actions if a.dest != "help"}
-    first, _ = parser.parse_known_args(argv)
+    front = _front_parser(parser)
+    first, _ = front.parse_known_args(argv)  # no --help yet: it must show the preset's defaults
     yaml_values = _load_yaml(first.config, valid) if first.config else {}
     base = {k: v for k, v in (base or {}).items() if k in valid and k != "config"}
-    explicit = first.dataset if _given_on_command_line(parser, argv, "dataset") else None
+    explicit = first.dataset if _given_on_command_line(front, argv, "dataset") else None
     dataset = explicit or yaml_values.get("dataset") or base.get("dataset") or "thumos"
     if dataset not in DATASETS:
         raise PECRError(f"config file {first.config}: dataset {dataset!r} is not one of {', '.join(DATASETS)}")
     defaults = {**PRESETS[dataset], **base, **yaml_values, "dataset": dataset}
     parser.set_defaults(**defaults)
     opts = parser.parse_args(argv)
-    for key in ("tiou_thresholds",):
-        setattr(opts, key, [float(x) for x in getattr(opts, key)])
+    given = _given_on_command_line(parser, argv)
+    source = lambda key: (f"--{key.replace('_', '-')}" if key in given
+                          else f"{key} in {first.config}" if key in yaml_values
+                          else f"{key} in the checkpoint's options" if key in base else f"--{key.replace('_', '-')}")
+    check_types(parser, opts, source)
+    check_ranges(opts, source)
+    check_consistency(opts)
     return opts
 
 
-def _given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None, dest: str) -> bool:
+def _front_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A copy of ``parser``'s --config and --dataset without -h, for the first pass."""
+    front = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.dest in ("config", "dataset"):
+            front._add_action(action)
+    return front
+
+
+# ----------------------------------------------------------------------------- validation
+# The range of every numeric option, in one place: name -> (lowest, highest, inclusive bounds?).
+# None = unbounded on that side. ``parse_args`` checks them whatever the source of the value
+# (preset, YAML, checkpoint, command line), so a mistake costs seconds, not a failed run hours later.
+CLOSED, OPEN, LEFT_OPEN, RIGHT_OPEN = "[]", "()", "(]", "[)"
+RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    # run
+    "seed": (0, 2**32 - 1, CLOSED),
+    # data
+    "min_snippets": (0, None, CLOSED),
+    "feature_size": (4, None, CLOSED),           # and a multiple of 4 (check_consistency)
+    "feature_fps": (0, None, OPEN),
+    "snippet_frames": (1, None, CLOSED),
+    "batch_size": (1, None, CLOSED),
+    "num_similar": (0, None, CLOSED),
+    "max_seqlen": (2, None, CLOSED),             # one snippet: every mined set is that snippet, log(1 - 1)
+    # synthetic data
+    "synthetic_videos": (2, None, CLOSED),
+    "synthetic_classes": (1, None, CLOSED),
+    "synthetic_difficulty": (0, 1, CLOSED),
+    "synthetic_seed": (0, 2**32 - 1, CLOSED),
+    # model
+    "dropout": (0, 1, RIGHT_OPEN),
+    "fusion_dropout": (0, 1, RIGHT_OPEN),
+    "num_prob_v": (1, None, CLOSED),
+    "prompt_prefix": (0, None, CLOSED),
+    "prompt_postfix": (0, None, CLOSED),
+    "prompt_init_std": (0, None, CLOSED),
+    "train_temperature": (0, None, OPEN),
+    "test_temperature": (0, None, OPEN),
+    # losses
+    "train_topk": (1, None, CLOSED),
+    **{f"alpha{i}": (0, None, CLOSED) for i in range(8)},
+    "coactivity_margin": (0, None, CLOSED),
+    "k_easy": (1, None, CLOSED),
+    "k_hard": (1, None, CLOSED),
+    "mining_dropout": (0, 1, RIGHT_OPEN),
+    "mining_M": (1, None, CLOSED),
+    "mining_m": (1, None, CLOSED),
+    "var_eps": (0, None, OPEN),                  # sigma^2 = v + var_eps is divided by and logged
+    # optimisation
+    "lr": (0, None, OPEN),
+    "weight_decay": (0, None, CLOSED),
+    "max_iter": (1, None, CLOSED),
+    "interval": (1, None, CLOSED),
+    "warmup_iter": (0, None, CLOSED),
+    "checkpoint_every": (1, None, CLOSED),
+    # inference and proposals
+    "test_topk": (1, None, CLOSED),
+    "vid_thresh": (0, 1, CLOSED),
+    "cas_s": (0, 1, CLOSED),
+    "cas_e": (0, 1, CLOSED),
+    "cas_num": (1, None, CLOSED),
+    "act_s": (0, 1, CLOSED),
+    "act_e": (0, 1, CLOSED),
+    "act_num": (1, None, CLOSED),
+    "gamma_oic": (0, None, CLOSED),
+    "oic_margin": (0, None, CLOSED),
+    "nms_sigma": (0, None, OPEN),
+    # evaluation (each threshold)
+    "tiou_thresholds": (0, 1, LEFT_OPEN),
+}
+
+
+def _describe(low, high, bounds: str) -> str:
+    text = lambda x: str(x) if isinstance(x, int) else f"{x:g}"
+    parts = []
+    if low is not None:
+        parts.append(f"{'>=' if bounds[0] == '[' else '>'} {text(low)}")
+    if high is not None:
+        parts.append(f"{'<=' if bounds[1] == ']' else '<'} {text(high)}")
+    return " and ".join(parts)
+
+
+def in_range(value: float, low, high, bounds: str) -> bool:
+    """Whether ``value`` lies in the interval given by ``low``, ``high`` and ``bounds`` (e.g. "[)")."""
+    if low is not None and (value < low or (bounds[0] == "(" and value == low)):
+        return False
+    return high is None or not (value > high or (bounds[1] == ")" and value == high))
+
+
+def check_types(parser: argparse.ArgumentParser, opts: argparse.Namespace, source=lambda k: k) -> None:
+    """Every option has its declared type (YAML and saved values bypass argparse's conversion) and,
+    for options with choices, one of them. Integral floats are not integers: ``max_iter: 3.7`` and
+    ``batch_size: 2.5`` are refused, not truncated. Floats accept integers (converted)."""
+    for action in parser._actions:
+        key = action.dest
+        if key in ("help", "config", "resume") or not hasattr(opts, key):
+            continue
+        value = getattr(opts, key)
+        kind = action.type
+        if action.nargs in ("+", "*"):
+            if not isinstance(value, (list, tuple)) or not value:
+                raise PECRError(f"{source(key)}: expected a non-empty list of numbers (YAML: {key}: [0.1, 0.5]), got {value!r}")
+            items = []
+            for item in value:
+                items.append(_typed(item, kind, key, source))
+            setattr(opts, key, items)
+            continue
+        if value is None and kind is _optional_path:
+            continue
+        value = _typed(value, kind, key, source)
+        if action.choices is not None and value not in action.choices:
+            raise PECRError(f"{source(key)}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        setattr(opts, key, value)
+
+
+def _typed(value, kind, key: str, source):
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PECRError(f"{source(key)}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PECRError(f"{source(key)}: expected a number, got {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise PECRError(f"{source(key)}: expected a finite number, got {value!r}")
+        return float(value)
+    if kind is _str2bool:
+        if not isinstance(value, bool):
+            raise PECRError(f"{source(key)}: expected true or false, got {value!r}")
+        return value
+    if not isinstance(value, str) or (kind is None and not value):
+        raise PECRError(f"{source(key)}: expected a non-empty text value, got {value!r}")
+    return value
+
+
+def check_ranges(opts: argparse.Namespace, source=lambda k: k) -> None:
+    """Every numeric option inside its :data:`RANGES` interval (lists: every element)."""
+    for key, (low, high, bounds) in RANGES.items():
+        values = getattr(opts, key, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not in_range(value, low, high, bounds):
+                raise PECRError(f"{source(key)} {value!r} is out of range: it must be {_describe(low, high, bounds)}")
+
+
+def check_consistency(opts: argparse.Namespace) -> None:
+    """Constraints between options (each message names them and the fix)."""
+    if opts.feature_size % 4:
+        raise PECRError(f"--feature-size {opts.feature_size} must be a multiple of 4 (RGB | flow halves, hidden width F/4)")
+    if opts.batch_size < 2 * opts.num_similar:
+        raise PECRError(f"--batch-size {opts.batch_size} cannot hold --num-similar {opts.num_similar} pairs of videos; "
+                        f"use --batch-size >= {2 * opts.num_similar} or a smaller --num-similar")
+    if opts.cas_s > opts.cas_e or opts.act_s > opts.act_e:
+        raise PECRError(f"threshold ranges must run upwards: --cas-s {opts.cas_s:g} --cas-e {opts.cas_e:g}, "
+                        f"--act-s {opts.act_s:g} --act-e {opts.act_e:g}")
+    from eval.report import PROTOCOLS
+
+    reported, averages = PROTOCOLS[opts.protocol]
+    needed = sorted({*reported, *(t for ts in averages.values() for t in ts)})
+    missing = [t for t in needed if not any(abs(t - x) < 1e-9 for x in opts.tiou_thresholds)]
+    if missing:
+        raise PECRError(f"--tiou-thresholds {' '.join(f'{t:g}' for t in opts.tiou_thresholds)} lacks {', '.join(f'{t:g}' for t in missing)}, "
+                        f"which the {opts.protocol} protocol reports (--protocol); add them")
+
+
+def _given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None, dest: str | None = None):
+    """Whether option ``dest`` was given on the command line; without ``dest``, the set of those given."""
     sentinel = object()
-    probe = argparse.Namespace(**{dest: sentinel})
+    dests = [dest] if dest else [a.dest for a in parser._actions if a.dest != "help"]
+    probe = argparse.Namespace(**{d: sentinel for d in dests})
     parser.parse_known_args(argv, namespace=probe)
-    return getattr(probe, dest) is not sentinel
+    given = {d for d in dests if getattr(probe, d) is not sentinel}
+    return dest in given if dest else given
 
 
 def options_to_dict(opts: argparse.Namespace) -> dict[str, Any]:

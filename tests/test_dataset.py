@@ -64,7 +64,7 @@ def make_opts(paths: dict, *extra: str, feature_size: int) -> object:
     return parse_args(argv)
 
 
-def coded_dataset(root: Path, lengths=(7, 12, 30, 5, 9, 40, 16, 3), F=6, D=4):
+def coded_dataset(root: Path, lengths=(7, 12, 30, 5, 9, 40, 16, 3), F=8, D=4):
     """Features that encode (video, snippet) in their first columns: I3D[t] = (v, t, ...), CLIP[t] = (v, t, ...)."""
     feats, clip = [], []
     for v, T in enumerate(lengths):
@@ -159,9 +159,9 @@ def test_random_perturb_is_uniform_within_bins_and_handles_mixed_lengths():
 # ----------------------------------------------------------------------------- loading
 def test_loader_reads_layout_and_keeps_exact_values(coded):
     paths, feats, clip, labels_all, subsets = coded
-    data = WTALDataset(make_opts(paths, feature_size=6))
+    data = WTALDataset(make_opts(paths, feature_size=8))
     assert data.classlist == ["Jump", "Run", "Swim"] and data.class_phrases == ["jump", "run", "swim"]
-    assert data.num_classes == 3 and data.feature_size == 6 and data.clip_dim == 4
+    assert data.num_classes == 3 and data.feature_size == 8 and data.clip_dim == 4
     assert data.video_names == [f"vid_{i:03d}" for i in range(8)]
     assert data.train_indices.tolist() == [0, 1, 2, 3, 4] and data.test_indices.tolist() == [5, 6, 7]
     assert data.num_train_videos == 5 and data.num_test_videos == 3
@@ -178,7 +178,7 @@ def test_loader_reads_layout_and_keeps_exact_values(coded):
 
 def test_loader_drops_short_videos_with_min_snippets(coded):
     paths, feats, *_ = coded
-    data = WTALDataset(make_opts(paths, "--min-snippets", "8", feature_size=6))
+    data = WTALDataset(make_opts(paths, "--min-snippets", "8", feature_size=8))
     kept = [v for v, f in enumerate(feats) if len(f) >= 8]
     assert sorted(data.train_indices.tolist() + data.test_indices.tolist()) == kept
     assert (data.lengths[[v for v in range(8) if v not in kept]] == 0).all()
@@ -187,7 +187,7 @@ def test_loader_drops_short_videos_with_min_snippets(coded):
 def test_loader_accepts_float64_and_float16_inputs(tmp_path):
     feats, clip, labels_all, subsets = coded_dataset(tmp_path)
     paths = write_dataset(tmp_path, [f.astype(np.float64) for f in feats], [c.astype(np.float16) for c in clip], labels_all, subsets)
-    data = WTALDataset(make_opts(paths, feature_size=6))
+    data = WTALDataset(make_opts(paths, feature_size=8))
     x, z = data.video_features(2)
     assert x.dtype == z.dtype == np.float32
     assert np.array_equal(x, feats[2]) and np.array_equal(z, clip[2].astype(np.float16).astype(np.float32))
@@ -198,10 +198,10 @@ def test_everything_is_read_once(coded):
     import shutil
 
     paths, feats, *_ = coded
-    data = WTALDataset(make_opts(paths, "--max-seqlen", "8", feature_size=6))
+    data = WTALDataset(make_opts(paths, "--max-seqlen", "8", feature_size=8))
     Path(paths["feature_file"]).unlink()
     shutil.rmtree(paths["clip_feature_dir"])
-    assert data.train_batch(np.random.default_rng(0)).features.shape == (10, 8, 6)
+    assert data.train_batch(np.random.default_rng(0)).features.shape == (10, 8, 8)
     assert [v.features.shape[1] for v in data.test_videos()] == [len(feats[v]) for v in (5, 6, 7)]
 
 
@@ -209,7 +209,7 @@ def test_equal_length_videos_stacked_by_np_save_are_accepted(tmp_path):
     feats, clip, labels_all, subsets = coded_dataset(tmp_path, lengths=(9,) * 8)
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
     np.save(paths["feature_file"], np.stack(feats))  # a plain (N, T, F) array, as np.save makes of equal-length lists
-    data = WTALDataset(make_opts(paths, feature_size=6))
+    data = WTALDataset(make_opts(paths, feature_size=8))
     assert np.array_equal(data.video_features(4)[0], feats[4])
 
 
@@ -219,7 +219,7 @@ def test_length_mismatch_is_aligned_to_the_shorter_with_one_warning(tmp_path):
     feats[6] = feats[6][:-2]  # I3D shorter
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
     with pytest.warns(UserWarning) as record:
-        data = WTALDataset(make_opts(paths, feature_size=6))
+        data = WTALDataset(make_opts(paths, feature_size=8))
     messages = [str(w.message) for w in record if "different lengths" in str(w.message)]
     assert len(messages) == 1 and messages[0].startswith("2 of 8 videos")
     assert data.lengths[1] == len(clip[1]) and data.lengths[6] == len(feats[6])
@@ -231,14 +231,14 @@ def test_length_mismatch_is_aligned_to_the_shorter_with_one_warning(tmp_path):
 def test_train_batch_pairs_share_a_class_and_indices_match(tmp_path):
     feats, clip, labels_all, subsets = coded_dataset(tmp_path)
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
-    opts = make_opts(paths, "--batch-size", "9", "--num-similar", "3", "--max-seqlen", "16", feature_size=6)
+    opts = make_opts(paths, "--batch-size", "9", "--num-similar", "3", "--max-seqlen", "16", feature_size=8)
     data = WTALDataset(opts)
     rng = np.random.default_rng(0)
     pair_classes, rest = [], []
     for _ in range(300):
         batch = data.train_batch(rng)
         assert isinstance(batch, TrainBatch)
-        assert batch.features.shape == (9, 16, 6) and batch.clip_features.shape == (9, 16, 4) and batch.labels.shape == (9, 3)
+        assert batch.features.shape == (9, 16, 8) and batch.clip_features.shape == (9, 16, 4) and batch.labels.shape == (9, 3)
         assert batch.features.dtype == batch.clip_features.dtype == batch.labels.dtype == torch.float32
         idx = batch.indices
         assert np.isin(idx, data.train_indices).all()
@@ -268,7 +268,7 @@ def test_train_batch_pairs_share_a_class_and_indices_match(tmp_path):
 
 def test_train_batch_gathers_exact_rows(coded):
     paths, feats, clip, *_ = coded
-    data = WTALDataset(make_opts(paths, "--max-seqlen", "12", feature_size=6))
+    data = WTALDataset(make_opts(paths, "--max-seqlen", "12", feature_size=8))
     batch = data.train_batch(np.random.default_rng(5))
     for b, v in enumerate(batch.indices):
         rows = batch.features[b, :, 1].numpy().astype(int)
@@ -278,7 +278,7 @@ def test_train_batch_gathers_exact_rows(coded):
 
 def test_train_batch_is_reproducible_from_the_generator(coded):
     paths, *_ = coded
-    data = WTALDataset(make_opts(paths, "--max-seqlen", "10", feature_size=6))
+    data = WTALDataset(make_opts(paths, "--max-seqlen", "10", feature_size=8))
     a = data.train_batch(np.random.default_rng(42))
     b = data.train_batch(np.random.default_rng(42))
     assert np.array_equal(a.indices, b.indices) and torch.equal(a.features, b.features)
@@ -286,7 +286,11 @@ def test_train_batch_is_reproducible_from_the_generator(coded):
 
 def test_train_batch_errors(coded):
     paths, *_ = coded
-    data = WTALDataset(make_opts(paths, "--batch-size", "4", "--num-similar", "3", feature_size=6))
+    with pytest.raises(PECRError, match="--batch-size 4"):  # refused when the options are parsed
+        make_opts(paths, "--batch-size", "4", "--num-similar", "3", feature_size=8)
+    opts = make_opts(paths, feature_size=8)
+    data = WTALDataset(opts)
+    opts.batch_size = 4  # set after parsing: the sampler still says what is wrong
     with pytest.raises(PECRError, match="--batch-size 4"):
         data.train_batch(np.random.default_rng(0))
 
@@ -295,7 +299,7 @@ def test_no_pairable_class_is_a_clear_error(tmp_path):
     feats, clip, _, subsets = coded_dataset(tmp_path)
     labels_all = [["Jump"], ["Run"], ["Swim"], [], [], ["Jump"], ["Run"], ["Swim"]]
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
-    data = WTALDataset(make_opts(paths, feature_size=6))
+    data = WTALDataset(make_opts(paths, feature_size=8))
     with pytest.raises(PECRError, match="--num-similar 0"):
         data.train_batch(np.random.default_rng(0))
     data.opts.num_similar = 0
@@ -305,12 +309,12 @@ def test_no_pairable_class_is_a_clear_error(tmp_path):
 # ----------------------------------------------------------------------------- test iteration
 def test_test_videos_whole_videos_in_order(coded):
     paths, feats, clip, *_ = coded
-    data = WTALDataset(make_opts(paths, feature_size=6))
+    data = WTALDataset(make_opts(paths, feature_size=8))
     videos = list(data.test_videos(device="cpu"))
     assert [v.index for v in videos] == [5, 6, 7] and [v.name for v in videos] == ["vid_005", "vid_006", "vid_007"]
     for v in videos:
         assert isinstance(v, ds.TestVideo)
-        assert v.features.shape == (1, len(feats[v.index]), 6) and v.clip_features.shape == (1, len(feats[v.index]), 4)
+        assert v.features.shape == (1, len(feats[v.index]), 8) and v.clip_features.shape == (1, len(feats[v.index]), 4)
         assert v.features.dtype == torch.float32 and v.features.device.type == "cpu"
         assert np.array_equal(v.features[0].numpy(), feats[v.index]) and np.array_equal(v.clip_features[0].numpy(), clip[v.index])
         assert torch.equal(v.labels, torch.from_numpy(data.labels[v.index]))
@@ -396,18 +400,18 @@ def expect_error(opts, *fragments: str, clip_dim=None):
 
 def test_missing_paths_point_at_the_readme(coded, tmp_path):
     paths, *_ = coded
-    expect_error(make_opts({**paths, "feature_file": tmp_path / "nope.npy"}, feature_size=6), "nope.npy", "features/README.md", "--feature-file")
-    expect_error(make_opts({**paths, "annotation_dir": tmp_path / "noann"}, feature_size=6), "noann", "features/README.md", "--annotation-dir")
-    expect_error(make_opts({**paths, "clip_feature_dir": tmp_path / "noclip"}, feature_size=6), "noclip", "features/README.md", "--clip-feature-dir")
-    expect_error(make_opts(paths, "--clip-train-split", "training", feature_size=6), "training", "--clip-train-split")
+    expect_error(make_opts({**paths, "feature_file": tmp_path / "nope.npy"}, feature_size=8), "nope.npy", "features/README.md", "--feature-file")
+    expect_error(make_opts({**paths, "annotation_dir": tmp_path / "noann"}, feature_size=8), "noann", "features/README.md", "--annotation-dir")
+    expect_error(make_opts({**paths, "clip_feature_dir": tmp_path / "noclip"}, feature_size=8), "noclip", "features/README.md", "--clip-feature-dir")
+    expect_error(make_opts(paths, "--clip-train-split", "training", feature_size=8), "training", "--clip-train-split")
     (Path(paths["annotation_dir"]) / "labels_all.npy").unlink()
-    expect_error(make_opts(paths, feature_size=6), "labels_all.npy", "features/README.md")
+    expect_error(make_opts(paths, feature_size=8), "labels_all.npy", "features/README.md")
 
 
 def test_missing_clip_file_names_it_and_the_options(tmp_path):
     feats, clip, labels_all, subsets = coded_dataset(tmp_path)
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets, skip_clip=(2, 6))
-    message = expect_error(make_opts(paths, feature_size=6), "vid_002.npy", "1 more", "--clip-feature-dir", "--clip-train-split")
+    message = expect_error(make_opts(paths, feature_size=8), "vid_002.npy", "1 more", "--clip-feature-dir", "--clip-train-split")
     assert "train" in message
 
 
@@ -415,12 +419,12 @@ def test_class_missing_from_classlist(tmp_path):
     feats, clip, labels_all, subsets = coded_dataset(tmp_path)
     labels_all[3] = ["Jump", "Fly"]
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
-    expect_error(make_opts(paths, feature_size=6), "'Fly'", "vid_003", "classlist.npy")
+    expect_error(make_opts(paths, feature_size=8), "'Fly'", "vid_003", "classlist.npy")
     labels_all[3] = ["Jump"]
     segment_labels = [list(x) for x in labels_all]
     segment_labels[4] = ["Dive"]
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets, labels=segment_labels)
-    expect_error(make_opts(paths, feature_size=6), "'Dive'", "vid_004", "labels.npy")
+    expect_error(make_opts(paths, feature_size=8), "'Dive'", "vid_004", "labels.npy")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -428,29 +432,29 @@ def test_non_finite_features_name_the_video(tmp_path, bad):
     feats, clip, labels_all, subsets = coded_dataset(tmp_path)
     feats[2][4, 3] = bad
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
-    expect_error(make_opts(paths, feature_size=6), "vid_002", "NaN or inf", "snippet 4")
+    expect_error(make_opts(paths, feature_size=8), "vid_002", "NaN or inf", "snippet 4")
     feats[2][4, 3] = 0
     clip[6][1, 2] = bad
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
-    expect_error(make_opts(paths, feature_size=6), "vid_006", "NaN or inf", "snippet 1")
+    expect_error(make_opts(paths, feature_size=8), "vid_006", "NaN or inf", "snippet 1")
 
 
 def test_shape_errors(tmp_path):
     feats, clip, labels_all, subsets = coded_dataset(tmp_path)
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
-    expect_error(make_opts(paths, feature_size=2048), "vid_000", "6 wide", "--feature-size 6")
-    expect_error(make_opts(paths, feature_size=6), "vid_000", "4 wide", "1024", clip_dim=1024)
+    expect_error(make_opts(paths, feature_size=2048), "vid_000", "8 wide", "--feature-size 8")
+    expect_error(make_opts(paths, feature_size=8), "vid_000", "4 wide", "1024", clip_dim=1024)
     bad = list(feats)
     bad[1] = feats[1].reshape(-1)
     paths = write_dataset(tmp_path, bad, clip, labels_all, subsets)
-    expect_error(make_opts(paths, feature_size=6), "vid_001", "2-D")
+    expect_error(make_opts(paths, feature_size=8), "vid_001", "2-D")
     bad_clip = list(clip)
     bad_clip[5] = clip[5][None]
     paths = write_dataset(tmp_path, feats, bad_clip, labels_all, subsets)
-    expect_error(make_opts(paths, feature_size=6), "vid_005", "2-D")
+    expect_error(make_opts(paths, feature_size=8), "vid_005", "2-D")
     bad_clip[5] = clip[5][:, :3]  # widths differ between videos (clip_dim inferred from the first)
     paths = write_dataset(tmp_path, feats, bad_clip, labels_all, subsets)
-    expect_error(make_opts(paths, feature_size=6), "vid_005", "3 wide")
+    expect_error(make_opts(paths, feature_size=8), "vid_005", "3 wide")
 
 
 def test_feature_count_must_match_videoname(tmp_path):
@@ -460,19 +464,19 @@ def test_feature_count_must_match_videoname(tmp_path):
     for i in range(7):
         objects[i] = feats[i]
     np.save(paths["feature_file"], objects, allow_pickle=True)
-    expect_error(make_opts(paths, feature_size=6), "7 videos", "lists 8", "videoname.npy")
+    expect_error(make_opts(paths, feature_size=8), "7 videos", "lists 8", "videoname.npy")
 
 
 def test_corrupt_or_wrong_kind_of_feature_file(tmp_path):
     feats, clip, labels_all, subsets = coded_dataset(tmp_path)
     paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
     Path(paths["feature_file"]).write_bytes(b"not a numpy file")
-    expect_error(make_opts(paths, feature_size=6), "cannot read", "features.npy")
+    expect_error(make_opts(paths, feature_size=8), "cannot read", "features.npy")
     np.save(paths["feature_file"], np.zeros((8, 6)))
-    expect_error(make_opts(paths, feature_size=6), "object array")
+    expect_error(make_opts(paths, feature_size=8), "object array")
 
 
 def test_unknown_subset_names_the_option(coded):
     paths, *_ = coded
-    expect_error(make_opts(paths, "--train-subset", "training", feature_size=6), "'training'", "--train-subset", "validation")
-    expect_error(make_opts(paths, "--min-snippets", "100", feature_size=6), "--min-snippets")
+    expect_error(make_opts(paths, "--train-subset", "training", feature_size=8), "'training'", "--train-subset", "validation")
+    expect_error(make_opts(paths, "--min-snippets", "100", feature_size=8), "--min-snippets")

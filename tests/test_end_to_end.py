@@ -152,7 +152,7 @@ def test_fresh_run_replaces_results_and_checkpoint_classes_are_checked(tmp_path,
     train(args)
     train(args)  # the same run folder again, without --resume
     run_dir = tmp_path / "out" / "run"
-    assert [r["iteration"] for r in metrics(run_dir)] == [0]
+    assert [r["iteration"] for r in metrics(run_dir)] == [0, 0]  # before training, and after its only step
     assert len(list((run_dir / "tensorboard").iterdir())) == 1
 
     ckpt = load_checkpoint(run_dir / "last.pt")  # same class count, other class names

@@ -40,7 +40,7 @@ def test_precedence(tmp_path):
 
 def test_yaml_round_trip(tmp_path):
     o = options.parse_args(["--dataset", "synthetic", "--metric", "bhattacharyya", "--ambiguous-file", "none",
-                            "--tiou-thresholds", "0.3", "0.5"])
+                            "--tiou-thresholds", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"])
     options.save_options(o, tmp_path / "options.yaml")
     back = options.load_options(tmp_path / "options.yaml")
     assert vars(back) == {**vars(o), "config": str(tmp_path / "options.yaml")}
@@ -89,3 +89,69 @@ def test_shipped_config_equals_its_preset(name):
     from_file = vars(options.parse_args(["--config", str(path)]))
     from_preset = vars(options.parse_args(["--dataset", name]))
     assert {**from_file, "config": None} == {**from_preset, "config": None}
+
+
+# ----------------------------------------------------------------------------- validation at parse time
+
+BAD_COMMAND_LINES = [
+    (["--lr", "-0.001"], "--lr"), (["--weight-decay", "-1"], "--weight-decay"), (["--dropout", "1.5"], "--dropout"),
+    (["--max-seqlen", "0"], "--max-seqlen"), (["--max-seqlen", "1"], "--max-seqlen"), (["--interval", "0"], "--interval"),
+    (["--checkpoint-every", "0"], "--checkpoint-every"), (["--train-topk", "0"], "--train-topk"),
+    (["--test-topk", "0"], "--test-topk"), (["--mining-m", "0"], "--mining-m"), (["--seed", "-1"], "--seed"),
+    (["--cas-num", "0"], "--cas-num"), (["--act-num", "0"], "--act-num"), (["--tiou-thresholds", "0.5"], "--tiou-thresholds"),
+    (["--nms-sigma", "0"], "--nms-sigma"), (["--max-iter", "0"], "--max-iter"), (["--k-easy", "0"], "--k-easy"),
+    (["--var-eps", "0"], "--var-eps"), (["--batch-size", "0"], "--batch-size"), (["--feature-size", "0"], "--feature-size"),
+    (["--feature-size", "10"], "--feature-size"), (["--synthetic-videos", "0"], "--synthetic-videos"),
+    (["--synthetic-classes", "0"], "--synthetic-classes"), (["--synthetic-difficulty", "5"], "--synthetic-difficulty"),
+    (["--batch-size", "4"], "--num-similar"), (["--cas-s", "0.9", "--cas-e", "0.1"], "--cas-s"),
+    (["--tiou-thresholds", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "1.5"], "--tiou-thresholds"),
+]
+
+
+@pytest.mark.parametrize("argv, name", BAD_COMMAND_LINES, ids=[" ".join(a) for a, _ in BAD_COMMAND_LINES])
+def test_bad_values_are_refused_at_parse_time_naming_the_option(argv, name):
+    with pytest.raises(PECRError, match=name) as err:
+        options.parse_args(argv)
+    assert "\n" not in str(err.value)
+
+
+BAD_YAML = [("max_iter: 3.7", "integer"), ("batch_size: 2.5", "integer"), ("tiou_thresholds: 0.5", "list"),
+            ("seed: null", "integer"), ("lr: [0.1]", "number"), ("metric: cosine", "kl"),
+            ("deterministic: 1", "true or false"), ("feature_file: null", "text"), ("lr: .nan", "finite")]
+
+
+@pytest.mark.parametrize("text, words", BAD_YAML, ids=[t for t, _ in BAD_YAML])
+def test_bad_yaml_values_name_the_file_and_key(tmp_path, text, words):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(text + "\n")
+    with pytest.raises(PECRError, match=words) as err:
+        options.parse_args(["--config", str(cfg)])
+    key = text.split(":")[0]
+    assert key in str(err.value) and str(cfg) in str(err.value)
+
+
+def test_yaml_numbers_convert_and_nulls_of_optional_paths_stay_none(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("lr: 1\nweight_decay: 5e-5\nambiguous_file: null\n")  # int for a float; YAML 1.1 reads 5e-5 as text
+    o = options.parse_args(["--config", str(cfg)])
+    assert (o.lr, o.weight_decay, o.ambiguous_file) == (1.0, 5e-5, None) and isinstance(o.lr, float)
+
+
+def test_every_numeric_option_has_a_range():
+    """New numeric options must be added to options.RANGES (one table of constraints)."""
+    numeric = {a.dest for a in options.build_parser()._actions if a.type in (int, float)}
+    assert numeric == set(options.RANGES), numeric ^ set(options.RANGES)
+
+
+@pytest.mark.parametrize("value, low, high, bounds, inside", [
+    (0, 0, None, "[]", True), (0, 0, None, "()", False), (1, 0, 1, "[)", False), (1, 0, 1, "(]", True),
+    (-1e-9, 0, None, "[]", False), (5, None, 4, "[]", False)])
+def test_in_range(value, low, high, bounds, inside):
+    assert options.in_range(value, low, high, bounds) == inside
+
+
+def test_help_shows_the_presets_defaults(capsys):
+    with pytest.raises(SystemExit):
+        options.parse_args(["--dataset", "synthetic", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.001)" in out and "(default: 1001)" in out  # synthetic lr and max_iter, not THUMOS14's

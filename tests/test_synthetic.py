@@ -90,7 +90,7 @@ def test_envelopes_against_naive_loop():
 # ----------------------------------------------------------------------------- layout and loading
 def test_layout_is_complete_and_loads(tmp_path):
     paths = paths_in(tmp_path)
-    record = ms.generate(**paths, num_videos=14, num_classes=3, feature_size=10, clip_dim=6, seed=1, progress=False)
+    record = ms.generate(**paths, num_videos=14, num_classes=3, feature_size=12, clip_dim=6, seed=1, progress=False)
     ann = paths["annotation_dir"]
     assert {p.name for p in ann.iterdir()} == ANNOTATION_FILES | {ms.MARKER}
     assert json.loads((ann / ms.MARKER).read_text()) == record and record["num_videos"] == 14
@@ -102,12 +102,12 @@ def test_layout_is_complete_and_loads(tmp_path):
     subsets = [s.decode() for s in np.load(ann / "subset.npy")]
     for v, name in enumerate(n.decode() for n in names):
         x = features[v]
-        assert x.dtype == np.float32 and x.shape[1] == 10 and (x >= 0).all()
+        assert x.dtype == np.float32 and x.shape[1] == 12 and (x >= 0).all()
         split = "train" if subsets[v] == "validation" else "test"
         z = np.load(paths["clip_feature_dir"] / split / f"{name}.npy")
         assert z.dtype == np.float32 and z.shape == (len(x), 6)
         assert not (paths["clip_feature_dir"] / ("test" if split == "train" else "train") / f"{name}.npy").exists()
-    data = WTALDataset(opts_for(paths, "--feature-size", "10"), clip_dim=6)
+    data = WTALDataset(opts_for(paths, "--feature-size", "12"), clip_dim=6)
     assert data.num_train_videos == 7 and data.num_test_videos == 7 and data.num_classes == 3
 
 
