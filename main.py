@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -23,12 +24,50 @@ from eval.report import format_table, selection_score
 from losses import PECRLoss
 from model import build_model, load_clip
 from test import check_classes, evaluate, load_reference
-from train import make_optimizer, train_step
+from train import NonFiniteLoss, make_optimizer, train_step
 from utils.checkpoint import load_checkpoint, load_model_state, model_state, save_checkpoint
 from utils.device import resolve_device
-from utils.errors import cli
-from utils.io import append_line
+from utils.errors import PECRError, cli
+from utils.io import append_line, check_writable
+from utils.progress import interactive, progress
 from utils.seed import rng_state, seed_everything, set_rng_state
+
+# Options that describe the session, not the run: they may differ when a run is resumed.
+SESSION_OPTIONS = ("config", "resume", "device", "output_dir", "model_name", "checkpoint_every",
+                   "clip_download_root", "clip_vocab", "deterministic")
+
+
+class Interrupted(PECRError):
+    """Ctrl-C during training; the message says which checkpoint is intact."""
+
+    exit_code = 130
+
+
+def saved_run(run_dir: Path) -> dict | None:
+    """``{"iteration", "options"}`` of the run's last.pt (read lazily, tensors not loaded), None when absent."""
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return None
+    ckpt = load_checkpoint(path, mmap=True)
+    return {"iteration": int(ckpt["iteration"]), "options": ckpt.get("options", {})}
+
+
+def check_resume(opts, run_dir: Path) -> dict:
+    """What ``--resume`` continues: PECRError when there is nothing to resume or an option that changes
+    the run differs from the run's own (``SESSION_OPTIONS`` may differ). Reads only last.pt."""
+    saved = saved_run(run_dir)
+    if saved is None:
+        raise PECRError(f"nothing to resume in {run_dir} (no last.pt): drop --resume to start the run")
+    now = options.options_to_dict(opts)
+    changed = [k for k in sorted(set(now) | set(saved["options"]))
+               if k not in SESSION_OPTIONS and now.get(k) != saved["options"].get(k)]
+    if changed:
+        k = changed[0]
+        more = f" (and {', '.join(changed[1:4])}{'...' if len(changed) > 4 else ''})" if len(changed) > 1 else ""
+        raise PECRError(f"--resume: --{k.replace('_', '-')} is {now.get(k)!r} but the run in {run_dir} was started with "
+                        f"{saved['options'].get(k)!r}{more}; a resumed run keeps its options: drop the changed options "
+                        "or start a new run with another --model-name")
+    return saved
 
 
 def should_evaluate(iteration: int, opts) -> bool:
@@ -57,6 +96,7 @@ class Run:
         self.optimizer = make_optimizer(self.model, opts)
         self.rng = np.random.default_rng(opts.seed)  # training-batch sampler
         self.start, self.best = 0, -float("inf")
+        self.iteration = 0  # the iteration being run (named when training stops)
         self.history: list[dict] = []  # {"iteration": i, term: value, ..., "total": value} per step of this session
 
     # ------------------------------------------------------------------ checkpoints
@@ -70,6 +110,13 @@ class Run:
                         "rng": rng_state()}
         save_checkpoint(self.dir / name, payload)
 
+    def checkpoint_note(self) -> str:
+        """Which checkpoint a stopped run can continue from."""
+        saved = saved_run(self.dir) if self.dir.is_dir() else None
+        if saved is None:
+            return "no checkpoint was written yet"
+        return f"last.pt (iteration {saved['iteration']}) is intact: continue with --resume"
+
     def resume(self) -> None:
         ckpt = load_checkpoint(self.dir / "last.pt", map_location="cpu")  # RNG states must stay CPU tensors
         check_classes(ckpt, self.dataset.classlist, self.dir / "last.pt")
@@ -81,7 +128,8 @@ class Run:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, iteration: int, writer: SummaryWriter) -> dict:
-        record = evaluate(self.model, self.dataset, self.opts, iteration, reference=self.reference).record
+        record = evaluate(self.model, self.dataset, self.opts, iteration, reference=self.reference,
+                          progress=interactive()).record
         for t, m in zip(record["tiou"], record["mAP"]):
             writer.add_scalar(f"mAP/tIoU={t:g}", 100 * m, iteration)
         for name, value in record["average_mAP"].items():
@@ -96,22 +144,41 @@ class Run:
     # ------------------------------------------------------------------ loop
     def train(self) -> dict | None:
         opts = self.opts
-        self.dir.mkdir(parents=True, exist_ok=True)
-        options.save_options(opts, self.dir / "options.yaml")
         if opts.resume:
-            self.resume()
+            check_resume(opts, self.dir)
+            self.resume()  # options.yaml already describes this run: it is not rewritten
         else:  # a fresh run in an existing run folder replaces that run's results and logs
+            check_writable(self.dir, "--output-dir / --model-name")
             for old in ("metrics.jsonl", "results.txt"):
                 (self.dir / old).unlink(missing_ok=True)
             shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)
+            options.save_options(opts, self.dir / "options.yaml")
+        if self.start >= opts.max_iter:
+            print(f"run {self.dir} already finished (iteration {self.start - 1} of --max-iter {opts.max_iter}); nothing to do")
+            return None
         writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self.start)
         record = None
-        if opts.eval_at_start and self.start == 0:
-            record = self.evaluate(0, writer)
-        bar = tqdm(range(self.start, opts.max_iter), initial=self.start, total=opts.max_iter, desc="train", unit="it")
-        running = None
+        try:
+            if opts.eval_at_start and self.start == 0:
+                record = self.evaluate(0, writer)
+            record = self._loop(writer) or record
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted at iteration {self.iteration}; {self.checkpoint_note()}") from None
+        except NonFiniteLoss as err:
+            raise NonFiniteLoss(f"{err}; {self.checkpoint_note()}") from None
+        finally:
+            writer.close()
+        return record
+
+    def _loop(self, writer: SummaryWriter) -> dict | None:
+        """Iterations ``start .. max_iter-1``; returns the last evaluation record (None when none ran)."""
+        opts, record, running = self.opts, None, None
+        bar = tqdm(range(self.start, opts.max_iter), initial=self.start, total=opts.max_iter, desc="train", unit="it",
+                   disable=not interactive())
+        tic = time.perf_counter()
         try:
             for iteration in bar:
+                self.iteration = iteration
                 batch = self.dataset.train_batch(self.rng, self.device)
                 terms = train_step(self.model, self.criterion, self.optimizer, batch, iteration)
                 self.history.append({"iteration": iteration, **terms})
@@ -119,6 +186,10 @@ class Run:
                 bar.set_postfix(loss=f"{running:.4f}")
                 for name, value in terms.items():
                     writer.add_scalar(f"loss/{name}", value, iteration)
+                if not interactive() and ((iteration + 1) % opts.interval == 0 or iteration == opts.max_iter - 1):
+                    done = iteration + 1 - self.start  # a log line per interval where a bar would flood the log
+                    print(f"train: iteration {iteration + 1}/{opts.max_iter}, loss {running:.4f}, "
+                          f"{(time.perf_counter() - tic) / done:.3f} s/it", file=sys.stderr, flush=True)
                 if should_evaluate(iteration, opts):
                     record = self.evaluate(iteration, writer)
                     score = selection_score(record, opts.protocol)
@@ -129,13 +200,20 @@ class Run:
                     self.save("last.pt", iteration, resumable=True)
         finally:
             bar.close()
-            writer.close()
         return record
 
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     opts = options.parse_args(argv)
+    run_dir = Path(opts.output_dir) / opts.model_name
+    if opts.resume:  # checked before any data is loaded: a wrong --resume costs seconds
+        saved = check_resume(opts, run_dir)
+        if saved["iteration"] >= opts.max_iter - 1:
+            print(f"run {run_dir} already finished (iteration {saved['iteration']} of --max-iter {opts.max_iter}); nothing to do")
+            return 0
+    else:
+        check_writable(run_dir, "--output-dir / --model-name")
     run = Run(opts)
     record = run.train()
     if record is not None:

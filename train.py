@@ -38,8 +38,8 @@ def train_step(model: PECR, criterion: PECRLoss, optimizer: torch.optim.Optimize
     values = torch.stack([*(t.detach() for t in terms.values()), total.detach()]).tolist()  # one device sync
     for name, value in zip(names, values):
         if not math.isfinite(value):
-            raise NonFiniteLoss(f"loss term {name!r} is {value} at iteration {iteration}; training stopped "
-                                "(the last checkpoint is kept): lower --lr or check the features for extreme values")
+            raise NonFiniteLoss(f"loss term {name!r} is {value} at iteration {iteration}; training stopped before "
+                                "applying it: lower --lr or check the features for extreme values")
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()

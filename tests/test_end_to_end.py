@@ -68,17 +68,73 @@ def test_train_evaluate_and_test_cli_agree(tmp_path, capsys):
     assert "avg 0.1:0.7" in capsys.readouterr().out  # the printed table
 
 
-def test_resume_gives_the_same_losses(tmp_path):
-    whole = train(tiny_args(tmp_path / "a", "--max-iter", "6", "--interval", "100", "--eval-at-start", "false"))
-    first = train(tiny_args(tmp_path / "b", "--max-iter", "3", "--interval", "100", "--eval-at-start", "false"))
-    second = train(tiny_args(tmp_path / "b", "--max-iter", "6", "--interval", "100", "--eval-at-start", "false",
-                             "--resume"))
+def interrupt_at(run: train_main.Run, iteration: int, monkeypatch) -> None:
+    """Make ``run`` receive Ctrl-C when it asks for the batch of ``iteration``."""
+    sample = run.dataset.train_batch
+
+    def batch(rng, device):
+        if run.iteration == iteration:
+            raise KeyboardInterrupt
+        return sample(rng, device)
+
+    monkeypatch.setattr(run.dataset, "train_batch", batch)
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_resume_gives_the_same_losses(tmp_path, monkeypatch):
+    args = ["--max-iter", "6", "--interval", "100", "--eval-at-start", "false"]
+    whole = train(tiny_args(tmp_path / "a", *args))
+    first = train_main.Run(options.parse_args(tiny_args(tmp_path / "b", *args)))
+    interrupt_at(first, 3, monkeypatch)
+    with pytest.raises(train_main.Interrupted, match=r"iteration 3; last.pt \(iteration 2\) is intact") as err:
+        first.train()
+    assert err.value.exit_code == 130
+    second = train(tiny_args(tmp_path / "b", *args, "--resume"))
     assert [h["iteration"] for h in second.history] == [3, 4, 5]
     resumed = first.history + second.history
     assert len(resumed) == len(whole.history) == 6
     for a, b in zip(whole.history, resumed):
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), (a["iteration"], key)
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_so(tmp_path, monkeypatch):
+    run = train_main.Run(options.parse_args(tiny_args(tmp_path, "--checkpoint-every", "5", "--eval-at-start", "false")))
+    interrupt_at(run, 1, monkeypatch)
+    with pytest.raises(train_main.Interrupted, match="iteration 1; no checkpoint was written yet"):
+        run.train()
+
+
+def test_resume_refuses_options_that_change_the_run(tmp_path, capsys):
+    args = tiny_args(tmp_path, "--max-iter", "2", "--interval", "100", "--eval-at-start", "false")
+    train(args)
+    capsys.readouterr()
+    run_dir = tmp_path / "out" / "run"
+    saved = (run_dir / "options.yaml").read_bytes()
+    for changed, name in ((["--lr", "0.5"], "--lr"), (["--max-iter", "9"], "--max-iter"), (["--metric", "kl", "--seed", "8"], "--seed")):
+        assert train_main.main(args + ["--resume", *changed]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --resume: " + name) and "\n" not in err and "--model-name" in err
+    assert (run_dir / "options.yaml").read_bytes() == saved  # still describes the run
+    # session options may differ; the run is finished, which the command says
+    assert train_main.main(args + ["--resume", "--device", "cpu", "--checkpoint-every", "3"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (run_dir / "options.yaml").read_bytes() == saved
+
+
+def test_resume_of_a_run_that_never_started_leaves_nothing(tmp_path, capsys):
+    assert train_main.main(tiny_args(tmp_path, "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nothing to resume" in err and "drop --resume" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+
+
+def test_unwritable_output_folder_is_refused_before_loading(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert train_main.main(tiny_args(tmp_path, "--output-dir", str(blocker))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write" in err and "--output-dir" in err and "\n" not in err
+    assert not (tmp_path / "data").exists()  # nothing generated
 
 
 def test_same_seed_same_results(tmp_path):
@@ -101,7 +157,7 @@ def test_non_finite_loss_stops_with_the_term_and_iteration(tmp_path, monkeypatch
         return total, terms
 
     run.criterion = poisoned
-    with pytest.raises(PECRError, match=r"'guide' is nan at iteration 2"):
+    with pytest.raises(PECRError, match=r"'guide' is nan at iteration 2.*last.pt \(iteration 1\) is intact"):
         run.train()
     assert load_checkpoint(tmp_path / "out" / "run" / "last.pt")["iteration"] == 1  # the last good one
 

@@ -104,14 +104,15 @@ def _safe_globals() -> list:
     return [_reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
-def _torch_load(path: Path, map_location, trusted: bool, what: str) -> Any:
+def _torch_load(path: Path, map_location, trusted: bool, what: str, mmap: bool = False) -> Any:
     if not path.is_file():
         raise PECRError(f"{what} {path} not found; check the path (or train first / drop --resume)")
+    mmap = mmap and zipfile.is_zipfile(path)  # memory-mapping needs torch.save's zip format
     try:
         if trusted:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
         with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if "Unsupported global" in str(err):
             raise PECRError(f"{what} {path} holds Python objects beyond tensors, numbers and arrays; load it "
@@ -122,12 +123,14 @@ def _torch_load(path: Path, map_location, trusted: bool, what: str) -> Any:
                         f"{str(err).splitlines()[0] if str(err) else 'truncated'}); delete it and re-create it") from None
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", trusted: bool = False) -> Any:
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", trusted: bool = False,
+                    mmap: bool = False) -> Any:
     """The raw content of a checkpoint file, ours or the authors' release (read once, dispatch with
     :func:`is_pecr_checkpoint`). Loads with ``weights_only`` (tensors, containers, numbers, strings,
-    numpy arrays, e.g. RNG states); ``trusted=True`` allows arbitrary pickled objects.
+    numpy arrays, e.g. RNG states); ``trusted=True`` allows arbitrary pickled objects; ``mmap=True``
+    maps the tensors instead of reading them (cheap when only the metadata is needed).
     PECRError when the file is missing or corrupt / unreadable."""
-    return _torch_load(Path(path), map_location, trusted, "checkpoint")
+    return _torch_load(Path(path), map_location, trusted, "checkpoint", mmap)
 
 
 def is_pecr_checkpoint(data: Any) -> bool:
@@ -136,10 +139,10 @@ def is_pecr_checkpoint(data: Any) -> bool:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    trusted: bool = False) -> dict[str, Any]:
+                    trusted: bool = False, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (see :func:`read_checkpoint`); PECRError
     also when it is not a PECR checkpoint."""
-    return check_checkpoint(read_checkpoint(path, map_location, trusted), path)
+    return check_checkpoint(read_checkpoint(path, map_location, trusted, mmap), path)
 
 
 def check_checkpoint(data: Any, path: str | os.PathLike) -> dict[str, Any]:

@@ -50,6 +50,19 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[IO], Any]) -> None:
         writer(f)
 
 
+def check_writable(folder: str | os.PathLike, flag: str) -> None:
+    """Create ``folder`` if needed and check a file can be written there; PECRError naming ``flag`` if not."""
+    from utils.errors import PECRError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PECRError(f"cannot write to {folder} ({err.strerror or err}); choose another folder ({flag})") from None
+
+
 def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one line (e.g. a JSON record) and flush it to disk."""
     path = Path(path)
