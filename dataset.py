@@ -25,9 +25,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from utils.errors import PECRError
+from utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class WTALDataset:
         """tqdm bar when asked (progress=True) or, by default, for many files on a terminal."""
         if self.progress is False or (self.progress is None and len(items) <= 500):
             return items
-        return tqdm(items, desc=desc, disable=None if self.progress is None else False, leave=False)
+        return progress(items, desc=desc, leave=False)
 
     def _read_feature_file(self, path: Path, n: int) -> list:
         if not path.is_file():

@@ -21,7 +21,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 import options
 from dataset import WTALDataset
@@ -35,7 +34,8 @@ from utils.checkpoint import (check_checkpoint, is_pecr_checkpoint, load_model_s
                               read_checkpoint)
 from utils.device import resolve_device
 from utils.errors import PECRError, cli
-from utils.io import atomic_write_text
+from utils.io import atomic_write_text, check_writable
+from utils.progress import progress as progress_bar
 
 
 RUN_LOCAL = ("device", "resume")  # options of the training machine / session that test.py does not inherit
@@ -102,7 +102,8 @@ def evaluate(model: PECR, dataset: WTALDataset, opts, iteration: int = 0, progre
     text = model.encode_text()
     tables, scores, names = [], [], []
     videos = dataset.test_videos(device)
-    for video in tqdm(videos, total=dataset.num_test_videos, desc="test", unit="video", disable=not progress, leave=False):
+    for video in progress_bar(videos, total=dataset.num_test_videos, desc="test", unit="video", disable=not progress,
+                              leave=False):
         t0 = time.perf_counter()
         out = model(video.features, text_features=text, generator=generator)
         cas, attention = out.cas[0].cpu().numpy(), out.attention[0].cpu().numpy()

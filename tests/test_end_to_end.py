@@ -242,3 +242,18 @@ def test_test_cli_reads_a_release_named_checkpoint(trained, tmp_path, capsys):
     assert "mapped" in capsys.readouterr().out
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
     assert a["mAP"] == b["mAP"] and a["cmAP"] == b["cmAP"]
+
+
+def test_bad_options_never_touch_the_generated_dataset(tmp_path, capsys):
+    """The issue's scenario: a failing run used to delete the synthetic annotations first."""
+    args = tiny_args(tmp_path, "--max-iter", "1", "--eval-at-start", "false")
+    assert train_main.main(args) == 0
+    data = {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    for bad in (["--feature-size", "0"], ["--synthetic-videos", "0"], ["--synthetic-classes", "0"],
+                ["--synthetic-difficulty", "5"], ["--feature-file", str(tmp_path / "x" / "feat.npy")]):
+        capsys.readouterr()
+        assert train_main.main(args + bad) == 2, bad
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err
+    assert {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()} == data
+    assert train_main.main(args) == 0  # the plain run still works

@@ -243,9 +243,11 @@ def test_ensure_never_overwrites_foreign_data(tmp_path):
     assert (paths["annotation_dir"] / "classlist.npy").read_bytes() == b"real data"
 
 
-def test_interrupted_generation_is_not_mistaken_for_complete(tmp_path, monkeypatch):
+def test_interrupted_generation_leaves_the_targets_untouched(tmp_path, monkeypatch):
     paths = paths_in(tmp_path)
     opts = opts_for(paths, "--synthetic-videos", "12", "--synthetic-classes", "2", "--feature-size", "8")
+    assert ms.ensure_synthetic(opts, clip_dim=4) is True
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     real = ms.video_features
     calls = []
 
@@ -256,14 +258,32 @@ def test_interrupted_generation_is_not_mistaken_for_complete(tmp_path, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ms, "video_features", failing)
+    opts.synthetic_difficulty = 0.9  # another dataset at the same paths: regenerated, interrupted
     with pytest.raises(KeyboardInterrupt):
         ms.ensure_synthetic(opts, clip_dim=4)
-    assert not (paths["annotation_dir"] / ms.MARKER).exists() and (paths["annotation_dir"] / ms.INCOMPLETE).exists()
-    assert not paths["feature_file"].exists()
+    for path, content in before.items():  # the complete previous dataset is still there, unchanged
+        assert path.read_bytes() == content
     monkeypatch.setattr(ms, "video_features", real)
     assert ms.ensure_synthetic(opts, clip_dim=4) is True
-    assert (paths["annotation_dir"] / ms.MARKER).exists() and not (paths["annotation_dir"] / ms.INCOMPLETE).exists()
+    assert json.loads((paths["annotation_dir"] / ms.MARKER).read_text())["request"]["difficulty"] == 0.9
     assert WTALDataset(opts, clip_dim=4).num_test_videos == 6
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith((ms.STAGED, ms.RETIRED))]
+    assert leftovers == []
+
+
+def test_options_naming_another_feature_file_never_touch_the_existing_dataset(tmp_path):
+    """The data of one synthetic dataset are not rewritten for options that name only part of it."""
+    paths = paths_in(tmp_path / "data")
+    opts = opts_for(paths, "--synthetic-videos", "10", "--synthetic-classes", "2", "--feature-size", "8")
+    ms.ensure_synthetic(opts, clip_dim=4)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for flag, value in (("--feature-file", tmp_path / "x" / "feat.npy"), ("--clip-feature-dir", tmp_path / "otherclip")):
+        other = opts_for({**paths, {"--feature-file": "feature_file", "--clip-feature-dir": "clip_feature_dir"}[flag]: value},
+                         "--synthetic-videos", "10", "--synthetic-classes", "2", "--feature-size", "8")
+        with pytest.raises(PECRError, match=f"holds the synthetic dataset.*{flag} {value}.*left alone"):
+            ms.ensure_synthetic(other, clip_dim=4)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "x").exists() and not (tmp_path / "otherclip").exists()
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -41,7 +41,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from utils.progress import progress as progress_bar  # noqa: E402
 
 from utils.errors import PECRError  # noqa: E402
 from utils.io import atomic_save  # noqa: E402
@@ -233,7 +233,7 @@ def extract_video(path: str | Path, encoder: Encoder, *, fps: Fraction = Fractio
                                   if stream.duration and stream.time_base and rate else None)
         t0 = t_prev = gap = None
         last_frame = None
-        with tqdm(total=total, desc=Path(path).name, unit="frame", leave=False, disable=progress is False) as bar:
+        with progress_bar(total=total, desc=Path(path).name, unit="frame", leave=False, disable=progress is False) as bar:
             for i, frame in enumerate(container.decode(stream)):
                 bar.update()
                 t = _frame_time(frame, i, rate)
@@ -351,7 +351,7 @@ def extract_all(videos: Sequence[Path], out_dir: str | Path, encoder: Encoder, *
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
-    for path in tqdm(videos, desc="videos", unit="video", disable=progress is False):
+    for path in progress_bar(videos, desc="videos", unit="video", disable=progress is False):
         name, target = path.stem, out_dir / f"{path.stem}.npy"
         if not overwrite and valid_output(target, encoder.dim):
             summary.skipped.append(name)

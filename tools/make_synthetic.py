@@ -32,21 +32,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import PECRError  # noqa: E402
 from utils.io import atomic_save, atomic_write_bytes, atomic_write_text  # noqa: E402
+from utils.progress import progress as progress_bar  # noqa: E402
 
 FORMAT_VERSION = 1
 MARKER = "synthetic.json"  # written last: its presence means the dataset is complete
-INCOMPLETE = ".synthetic-incomplete"  # written first, removed last
 HALF_NORMAL_STD = float(np.sqrt(1 - 2 / np.pi))
 CLASS_NAMES = ("JumpingJacks", "RopeClimbing", "PushUps", "JugglingBalls", "Rowing", "SkyDiving", "Fencing",
                "Surfing", "TaiChi", "Archery", "Bowling", "Boxing", "Drumming", "Skiing", "Kayaking", "HulaHoop",
@@ -211,6 +211,10 @@ def generate(feature_file: str | Path, annotation_dir: str | Path, clip_feature_
     ``num_videos`` videos and ``num_classes`` classes (subsets ``train_subset`` / ``test_subset``,
     default 'validation' / 'test'). CLIP files of the train (test) subset go to
     ``<clip_feature_dir>/<train_split>`` (``<test_split>``); videos of other subsets get none.
+
+    Safe to interrupt and never destructive: everything is checked first, written next to the
+    targets (``*.partial``) and moved into place only when complete; a previous dataset at the
+    targets is replaced only when it is synthetic data whose marker names exactly these three paths.
     """
     if feature_size < 2 or clip_dim < 1:
         raise PECRError(f"synthetic features need --feature-size >= 2 (RGB + flow halves) and a CLIP width >= 1 (got {feature_size}, {clip_dim})")
@@ -228,11 +232,15 @@ def generate(feature_file: str | Path, annotation_dir: str | Path, clip_feature_
             train_subset, test_subset = _infer_subsets(gt["subsets"])
     record = {"request": request, "num_videos": len(gt["video_names"]), "num_classes": len(gt["classlist"]),
               "train_subset": train_subset, "test_subset": test_subset}
+    targets = {"feature_file": Path(feature_file), "annotation_dir": Path(annotation_dir),
+               "clip_feature_dir": Path(clip_feature_dir)}
+    check_replaceable(targets)
+    staged = {key: _sibling(path, STAGED) for key, path in targets.items()}
+    for path in staged.values():  # leftovers of an interrupted run (ours by name)
+        _remove(path)
 
-    ann_dir, clip_dir = Path(annotation_dir), Path(clip_feature_dir)
-    ann_dir.mkdir(parents=True, exist_ok=True)
-    (ann_dir / MARKER).unlink(missing_ok=True)
-    atomic_write_text(ann_dir / INCOMPLETE, json.dumps(record, indent=1, sort_keys=True) + "\n")  # in progress / interrupted
+    ann_dir, clip_dir = staged["annotation_dir"], staged["clip_feature_dir"]
+    ann_dir.mkdir(parents=True)
     for name, content in gt["files"].items():
         if isinstance(content, bytes):
             atomic_write_bytes(ann_dir / name, content)
@@ -249,7 +257,7 @@ def generate(feature_file: str | Path, annotation_dir: str | Path, clip_feature_
     features = np.empty(n, dtype=object)
     streams = video_seed.spawn(n)
     show = progress if progress is not None else n > 200
-    for v in tqdm(range(n), desc="synthetic videos", disable=not show, leave=False):
+    for v in progress_bar(range(n), desc="synthetic videos", disable=not show, leave=False):
         length = max(1, int(np.floor(gt["durations"][v] * snippets_per_sec)))
         segs = np.asarray(gt["segments"][v], dtype=np.float64).reshape(-1, 2) * snippets_per_sec
         classes = np.array([class_index[c] for c in gt["labels"][v]], dtype=np.int64)
@@ -257,10 +265,60 @@ def generate(feature_file: str | Path, annotation_dir: str | Path, clip_feature_
         features[v] = x
         if gt["subsets"][v] in split:
             atomic_save(split[gt["subsets"][v]] / f"{gt['video_names'][v]}.npy", lambda f, a=z: np.save(f, a))
-    atomic_save(feature_file, lambda f: np.save(f, features, allow_pickle=True))
+    atomic_save(staged["feature_file"], lambda f: np.save(f, features, allow_pickle=True))
     atomic_write_text(ann_dir / MARKER, json.dumps(record, indent=1, sort_keys=True) + "\n")
-    (ann_dir / INCOMPLETE).unlink(missing_ok=True)
+    _move_into_place(staged, targets)
     return record
+
+
+FLAGS = {"feature_file": "--feature-file", "annotation_dir": "--annotation-dir", "clip_feature_dir": "--clip-feature-dir"}
+STAGED, RETIRED = ".partial", ".replaced"  # suffixes: a dataset being written; the one it replaces
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def check_replaceable(targets: dict[str, Path]) -> None:
+    """PECRError unless everything that exists at ``targets`` (feature_file, annotation_dir,
+    clip_feature_dir) is one synthetic dataset whose marker records exactly these three paths."""
+    ann = targets["annotation_dir"]
+    record = _read_record(ann / MARKER) if (ann / MARKER).is_file() else None
+    recorded = (record or {}).get("request", {})
+    wanted = {key: str(path.resolve()) for key, path in targets.items()}
+    if record is not None and any(recorded.get(key) != wanted[key] for key in targets):
+        made = ", ".join(f"{FLAGS[k]} {recorded.get(k)}" for k in FLAGS)
+        named = ", ".join(f"{FLAGS[k]} {wanted[k]}" for k in FLAGS if recorded.get(k) != wanted[k])
+        raise PECRError(f"{ann} holds the synthetic dataset made with {made}; the current options name {named}, so it "
+                        f"is left alone: point {FLAGS['annotation_dir']} elsewhere too, or remove {ann}")
+    for key, path in targets.items():
+        taken = path.is_file() or (path.is_dir() and any(path.iterdir()))
+        if taken and record is None:
+            raise PECRError(f"{path} exists but is not synthetic data written there by tools/make_synthetic.py (no {MARKER} "
+                            f"in {ann} recording it); remove it or point {FLAGS[key]} elsewhere")
+
+
+def _move_into_place(staged: dict[str, Path], targets: dict[str, Path]) -> None:
+    """Swap each complete staged path in; the annotation folder (holding the marker) goes last."""
+    retired = []
+    for key in ("clip_feature_dir", "feature_file", "annotation_dir"):
+        target = targets[key]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            old = _sibling(target, RETIRED)
+            _remove(old)
+            os.replace(target, old)
+            retired.append(old)
+        os.replace(staged[key], target)
+    for old in retired:
+        _remove(old)
 
 
 def _request(feature_file, annotation_dir, clip_feature_dir, annotations, num_videos, num_classes, feature_size, clip_dim,
@@ -304,24 +362,16 @@ def ensure_synthetic(opts, clip_dim: int, progress: bool | None = None) -> bool:
     (sizes from ``opts.synthetic_*``, ``opts.feature_size`` and ``clip_dim``) unless a complete one made
     with the same parameters is there. Returns True when it generated.
 
-    Only data this tool wrote (recorded in the annotation folder's marker) is ever replaced; any
-    other existing file or non-empty folder at those paths is a PECRError.
+    Only a synthetic dataset whose marker names exactly these three paths is ever replaced (see
+    :func:`generate`); anything else there is a PECRError, and nothing is touched before the new
+    dataset is complete.
     """
     kwargs = _options_request(opts, clip_dim)
-    request = _request(**kwargs)
     ann_dir = Path(opts.annotation_dir)
     done = _read_record(ann_dir / MARKER) if (ann_dir / MARKER).is_file() else None
-    if done is not None and done.get("request") == request and Path(opts.feature_file).is_file():
+    if (done is not None and done.get("request") == _request(**kwargs) and Path(opts.feature_file).is_file()
+            and Path(opts.clip_feature_dir).is_dir()):
         return False
-    previous = done or (_read_record(ann_dir / INCOMPLETE) if (ann_dir / INCOMPLETE).is_file() else None) or {}
-    ours = {previous.get("request", {}).get(k) for k in ("feature_file", "annotation_dir", "clip_feature_dir")} - {None}
-    for path in (Path(opts.feature_file), ann_dir, Path(opts.clip_feature_dir)):
-        taken = path.is_file() or (path.is_dir() and any(path.iterdir()))
-        if taken and str(path.resolve()) not in ours:
-            raise PECRError(f"{path} exists but is not synthetic data written there by tools/make_synthetic.py (no {MARKER} recording it); "
-                            "remove it or point --feature-file / --annotation-dir / --clip-feature-dir elsewhere")
-    if ann_dir.is_dir():  # ours: start from a clean annotation folder
-        shutil.rmtree(ann_dir)
     generate(progress=progress, **kwargs)
     return True
 

@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file in the target folder, then rename.
 
 A crash or interrupt never leaves a half-written checkpoint, result or feature file
-behind, and never destroys the previous version of the file.
+behind, and never destroys the previous version of the file. The file gets the permissions any
+other new file of the user gets (0666 minus the umask), not mkstemp's private 0600.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -28,6 +30,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
