@@ -16,7 +16,6 @@ re-read from disk during training.
 """
 from __future__ import annotations
 
-import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ import torch
 
 from utils.errors import PECRError
 from utils.progress import progress
-
-log = logging.getLogger(__name__)
 
 README = "features/README.md"
 REQUIRED_ANNOTATIONS = ("classlist", "videoname", "subset", "duration", "segments", "labels", "labels_all")
@@ -232,18 +229,25 @@ class WTALDataset:
 
         split = {int(v): opts.clip_train_split for v in train} | {int(v): opts.clip_test_split for v in test}
         clip_path = dict(zip(keep.tolist(), self._clip_paths(keep, split)))
-        clip_len = np.zeros(n, dtype=np.int64)
+        clip_len = i3d_len.copy()  # videos already too short keep their I3D length
         for v in keep:
             clip_len[v] = self._clip_header(clip_path[v], self.video_names[v])
-        mismatched = int((i3d_len[keep] != clip_len[keep]).sum())
-        if mismatched:
-            worst = int(np.abs(i3d_len[keep] - clip_len[keep]).max())
-            warnings.warn(f"{mismatched} of {len(keep)} videos have I3D ({opts.feature_file}) and CLIP ({opts.clip_feature_dir}) features "
-                          f"of different lengths (by up to {worst} snippets); each is truncated to the shorter of the two", stacklevel=3)
+        mismatched = keep[i3d_len[keep] != clip_len[keep]]
+        if mismatched.size:
+            worst = int(np.abs(i3d_len[mismatched] - clip_len[mismatched]).max())
+            warnings.warn(f"{mismatched.size} of {len(keep)} videos have I3D ({opts.feature_file}) and CLIP ({opts.clip_feature_dir}) features "
+                          f"of different lengths (by up to {worst} snippets): {self._some(mismatched)}; each is truncated to the "
+                          "shorter of the two", stacklevel=3)
         lengths = np.minimum(i3d_len, clip_len)
         keep = self._keep(keep[lengths[keep] >= min_len], train, test)
-        if len(keep) < len(used):
-            log.info("dropped %d of %d videos with fewer than %d snippets", len(used) - len(keep), len(used), min_len)
+        empty = used[lengths[used] == 0]
+        if empty.size:
+            warnings.warn(f"{empty.size} videos have no snippet in {opts.feature_file} or their CLIP features and are left out: "
+                          f"{self._some(empty)}; re-extract their features", stacklevel=3)
+        short = np.setdiff1d(used[lengths[used] > 0], keep)
+        if short.size:
+            warnings.warn(f"{short.size} of {len(used)} videos have fewer than --min-snippets {min_len} snippets and are left "
+                          f"out: {self._some(short)}", stacklevel=3)
         self.lengths = np.zeros(n, dtype=np.int64)
         self.lengths[keep] = lengths[keep]
         self.train_indices = np.intersect1d(train, keep)
@@ -261,6 +265,11 @@ class WTALDataset:
         for v in self._bar(keep, "reading CLIP features"):
             o, t = self._offsets[v], self.lengths[v]
             self._read_clip(clip_path[int(v)], self._clip[o:o + t], self.video_names[v])
+
+    def _some(self, videos: np.ndarray, shown: int = 5) -> str:
+        """The names of the first ``shown`` of ``videos`` (ids), and how many more."""
+        names = ", ".join(self.video_names[v] for v in videos[:shown])
+        return names + (f" and {len(videos) - shown} more" if len(videos) > shown else "")
 
     def _keep(self, keep: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
         for role, ids in (("training", train), ("test", test)):

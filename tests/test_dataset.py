@@ -178,10 +178,21 @@ def test_loader_reads_layout_and_keeps_exact_values(coded):
 
 def test_loader_drops_short_videos_with_min_snippets(coded):
     paths, feats, *_ = coded
-    data = WTALDataset(make_opts(paths, "--min-snippets", "8", feature_size=8))
+    with pytest.warns(UserWarning, match=r"3 of 8 videos have fewer than --min-snippets 8 snippets.*vid_000, vid_003, vid_007"):
+        data = WTALDataset(make_opts(paths, "--min-snippets", "8", feature_size=8))
     kept = [v for v, f in enumerate(feats) if len(f) >= 8]
     assert sorted(data.train_indices.tolist() + data.test_indices.tolist()) == kept
     assert (data.lengths[[v for v in range(8) if v not in kept]] == 0).all()
+
+
+def test_videos_without_snippets_are_named_in_a_warning(tmp_path):
+    feats, clip, labels_all, subsets = coded_dataset(tmp_path)
+    feats[2], clip[2] = feats[2][:0], clip[2][:0]
+    paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
+    with pytest.warns(UserWarning, match=r"1 videos have no snippet.*vid_002") as record:
+        data = WTALDataset(make_opts(paths, feature_size=8))
+    assert 2 not in data.train_indices and 2 not in data.test_indices
+    assert not any("min-snippets" in str(w.message) for w in record)
 
 
 def test_loader_accepts_float64_and_float16_inputs(tmp_path):
@@ -221,7 +232,7 @@ def test_length_mismatch_is_aligned_to_the_shorter_with_one_warning(tmp_path):
     with pytest.warns(UserWarning) as record:
         data = WTALDataset(make_opts(paths, feature_size=8))
     messages = [str(w.message) for w in record if "different lengths" in str(w.message)]
-    assert len(messages) == 1 and messages[0].startswith("2 of 8 videos")
+    assert len(messages) == 1 and messages[0].startswith("2 of 8 videos") and "vid_001, vid_006" in messages[0]
     assert data.lengths[1] == len(clip[1]) and data.lengths[6] == len(feats[6])
     x, z = data.video_features(1)
     assert np.array_equal(x, feats[1][:len(clip[1])]) and np.array_equal(z, clip[1])
@@ -376,7 +387,8 @@ def test_loader_on_real_activitynet_annotations(tmp_path, anet_annotations):
     paths = {"feature_file": tmp_path / "I3D" / "f.npy", "annotation_dir": anet_annotations, "clip_feature_dir": tmp_path / "CLIP"}
     opts = make_opts(paths, "--dataset", "activitynet", feature_size=4)
     assert opts.min_snippets == 11 and opts.train_subset == "training" and opts.test_subset == "validation"
-    data = WTALDataset(opts, progress=False)
+    with pytest.warns(UserWarning, match="fewer than --min-snippets 11"):  # the protocol's drop is reported
+        data = WTALDataset(opts, progress=False)
     assert n == 7202 and data.num_classes == 100 and data.clip_dim == 3
     long = lengths > 10
     assert data.train_indices.tolist() == [v for v in range(n) if subsets[v] == "training" and long[v]]
