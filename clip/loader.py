@@ -36,7 +36,10 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+FLAGS = {"backbone": "--clip-backbone", "download_root": "--clip-download-root"}  # as main.py / test.py name them
+
+
+def load_state_dict(path: str | os.PathLike, flags: dict[str, str] = FLAGS) -> dict[str, torch.Tensor]:
     """The CLIP weights in a TorchScript archive (OpenAI's ``.pt`` release files) or in a plain
     ``torch.save``-d state dict (optionally under a ``"state_dict"`` key), on the CPU, dtype as stored."""
     path = Path(path)
@@ -52,7 +55,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise PECRError(f"cannot read CLIP checkpoint {path} ({reason}); the file is corrupt or not a CLIP "
-                        "checkpoint: delete it (a cached download is fetched again) or pass another --clip-backbone") from None
+                        f"checkpoint: delete it (a cached download is fetched again) or pass another {flags['backbone']}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PECRError(f"CLIP checkpoint {path} holds no state dict of tensors; pass OpenAI's .pt file or a "
                         "state dict saved with torch.save(model.state_dict(), path)")
@@ -60,7 +63,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
-         download_root: str | os.PathLike | None = None) -> CLIP:
+         download_root: str | os.PathLike | None = None, flags: dict[str, str] = FLAGS) -> CLIP:
     """A CLIP in float32 and eval mode on ``device`` (``"auto"`` allowed).
 
     ``name_or_path``: an official name (:func:`available_models`; downloaded once into
@@ -76,15 +79,15 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
         if name in MODEL_URLS:
             root = cache_root(download_root)
             path = download(MODEL_URLS[name], root,
-                            hint=f"(or point --clip-download-root / ${ROOT_ENV} at a folder holding it, "
-                                 "or pass the file's path as --clip-backbone)")
+                            hint=f"(or point {flags['download_root']} / ${ROOT_ENV} at a folder holding it, "
+                                 f"or pass the file's path as {flags['backbone']})")
         else:
             path = Path(os.path.expanduser(name))
             if not path.is_file():
                 choices = ", ".join([*MODEL_URLS, *RANDOM_MODELS])
                 raise PECRError(f"CLIP backbone {name!r} is neither a model name ({choices}) nor an existing "
-                                "file; fix --clip-backbone")
-        state = load_state_dict(path)
+                                f"file; fix {flags['backbone']}")
+        state = load_state_dict(path, flags)
         try:
             model = build_model(state, copy=False)
         except PECRError as err:

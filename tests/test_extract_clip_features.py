@@ -358,3 +358,12 @@ def test_main_reports_bad_input(tmp_path, capsys):
     assert ex.main(["--videos", str(tmp_path), "--out", str(tmp_path / "o"), "--frame", "centre"]) == 2
     assert ex.main(["--videos", str(tmp_path), "--out", str(tmp_path / "o")]) == 2      # folder without videos
     assert "no video files" in capsys.readouterr().err
+    (tmp_path / "v").mkdir()
+    vids = _dataset(tmp_path / "v")
+    assert ex.main(["--videos", str(vids), "--out", str(tmp_path / "o"), "--backbone", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fix --backbone" in err and "--clip-backbone" not in err and "\n" not in err  # this tool's flag names
+    (tmp_path / "file").write_text("")
+    assert ex.main(["--videos", str(vids), "--out", str(tmp_path / "file" / "o"), "--backbone", "random-tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write" in err and "--out" in err and "\n" not in err

@@ -41,10 +41,10 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from utils.progress import progress as progress_bar  # noqa: E402
 
-from utils.errors import PECRError  # noqa: E402
-from utils.io import atomic_save  # noqa: E402
+from utils.errors import PECRError, cli  # noqa: E402
+from utils.io import atomic_save, check_writable  # noqa: E402
+from utils.progress import progress as progress_bar  # noqa: E402
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -189,7 +189,8 @@ class ClipImageEncoder:
 def load_encoder(backbone: str, device: torch.device | str = "cpu", download_root: str | None = None) -> ClipImageEncoder:
     """``clip.load(backbone)`` wrapped as an encoder (random-tiny etc. work without downloads)."""
     import clip
-    return ClipImageEncoder(clip.load(backbone, device=device, download_root=download_root), device)
+    flags = {"backbone": "--backbone", "download_root": "--download-root"}  # this tool's names in clip's messages
+    return ClipImageEncoder(clip.load(backbone, device=device, download_root=download_root, flags=flags), device)
 
 
 # ----------------------------------------------------------------------------- one video
@@ -427,13 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except PECRError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return _run(build_parser().parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -457,6 +454,7 @@ def _run(args: argparse.Namespace) -> int:
     if not videos:
         raise PECRError(f"--videos {' '.join(args.videos)}: no video files found (extensions: {' '.join(sorted(VIDEO_EXTENSIONS))})")
 
+    check_writable(args.out, "--out")
     device = resolve_device(args.device)
     encoder = load_encoder(args.backbone, device, args.download_root)
     print(f"{len(videos)} videos -> {args.out}  ({args.backbone}, D={encoder.dim}, R={encoder.resolution}, "
