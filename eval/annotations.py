@@ -6,7 +6,13 @@ Python's ``round`` on floats), as the release does with ``round(sec * 25 / 16)``
 
 Converter::
 
-    python -m eval.annotations --annotations DIR --subset test [--snippet-units] --out gt.json
+    python -m eval.annotations --annotations DIR --subset test --out gt.json [--seconds | --snippet-units]
+
+By default the converter writes the protocol's ground truth: segments in seconds but on the snippet
+grid (``round(sec * fps / frames) * frames / fps``), with a top-level ``"snippet_grid": {"fps",
+"frames"}`` entry that tells ``python -m eval.detection`` to score on that grid. A detections.json
+written by test.py then scores exactly as test.py does (docs/method.md §6). ``--seconds`` writes the
+annotated seconds as they are (no grid); ``--snippet-units`` writes snippet indices.
 """
 from __future__ import annotations
 
@@ -28,11 +34,12 @@ def _text(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def load_wtalc(annotation_dir: str | Path) -> dict[str, np.ndarray]:
-    """The annotation arrays of a W-TALC folder (``duration`` flattened to (N,) when present)."""
+def load_wtalc(annotation_dir: str | Path, flag: str = "--annotation-dir") -> dict[str, np.ndarray]:
+    """The annotation arrays of a W-TALC folder (``duration`` flattened to (N,) when present);
+    ``flag`` is the command-line option named in the error messages."""
     folder = Path(annotation_dir)
     if not folder.is_dir():
-        raise PECRError(f"annotation folder {folder} not found; pass the W-TALC annotation folder (--annotation-dir)")
+        raise PECRError(f"annotation folder {folder} not found; pass the W-TALC annotation folder ({flag})")
     out = {}
     for name in REQUIRED + ("duration",):
         path = folder / f"{name}.npy"
@@ -60,14 +67,14 @@ def to_snippets(seconds, fps: float = 25.0, frames: int = 16) -> np.ndarray:
 
 def load_wtalc_ground_truth(annotation_dir: str | Path, subset: str, snippet_units: bool = True,
                             fps: float = 25.0, frames: int = 16,
-                            videos: Iterable[str] | None = None) -> pd.DataFrame:
+                            videos: Iterable[str] | None = None, flag: str = "--annotation-dir") -> pd.DataFrame:
     """Segments of the ``subset`` videos -> table (video-id, label (class index), t-start, t-end).
 
     Only videos with at least one segment contribute rows. ``label`` indexes classlist.npy.
     ``snippet_units``: ints ``round(sec * fps / frames)``; otherwise float seconds. ``videos``
     restricts to those ids (e.g. the test videos kept after a minimum-length filter).
     """
-    ann = load_wtalc(annotation_dir)
+    ann = load_wtalc(annotation_dir, flag)
     classes = [_text(c) for c in ann["classlist"]]
     names = [_text(v) for v in ann["videoname"]]
     subsets = [_text(s) for s in ann["subset"]]
@@ -100,9 +107,16 @@ def wtalc_classes(annotation_dir: str | Path) -> list[str]:
     return [_text(c) for c in load_wtalc(annotation_dir)["classlist"]]
 
 
+def snippet_grid_seconds(snippets, fps: float = 25.0, frames: int = 16) -> np.ndarray:
+    """Snippet indices -> seconds on the grid (``index * frames / fps``), as test.py writes detections."""
+    return np.asarray(snippets, dtype=np.float64) * (frames / fps)
+
+
 def to_activitynet_json(gt: pd.DataFrame, classes: Sequence[str], subset: str,
-                        durations: dict[str, float] | None = None, version: str = "") -> dict:
-    """Table (integer labels) -> ActivityNet ground truth ``{database, taxonomy, version}``."""
+                        durations: dict[str, float] | None = None, version: str = "",
+                        snippet_grid: dict | None = None) -> dict:
+    """Table (integer labels) -> ActivityNet ground truth ``{database, taxonomy, version}`` (plus
+    ``snippet_grid`` {fps, frames} when given: the segments lie on that grid and are scored on it)."""
     database: dict[str, dict] = {}
     for v, label, s, e in zip(gt["video-id"], gt["label"], gt["t-start"], gt["t-end"]):
         entry = database.setdefault(v, {"subset": subset, "duration": None, "annotations": []})
@@ -112,7 +126,10 @@ def to_activitynet_json(gt: pd.DataFrame, classes: Sequence[str], subset: str,
     for v, entry in database.items():
         entry["duration"] = None if durations is None else durations.get(v)
     taxonomy = [{"nodeId": i, "nodeName": c, "parentId": None, "parentName": None} for i, c in enumerate(classes)]
-    return {"version": version, "taxonomy": taxonomy, "database": database}
+    data = {"version": version, "taxonomy": taxonomy, "database": database}
+    if snippet_grid is not None:
+        data["snippet_grid"] = {"fps": float(snippet_grid["fps"]), "frames": int(snippet_grid["frames"])}
+    return data
 
 
 @cli
@@ -121,22 +138,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description="W-TALC annotation folder -> ActivityNet-style ground-truth JSON")
     p.add_argument("--annotations", required=True, help="W-TALC annotation folder (classlist.npy, segments.npy, ...)")
     p.add_argument("--subset", required=True, help="subset.npy value to export (THUMOS14 test: test)")
-    p.add_argument("--snippet-units", action="store_true",
-                   help="segments (and durations) in snippets, round(sec * fps / frames), instead of seconds")
-    p.add_argument("--fps", type=float, default=25.0, help="feature frame rate (snippet units only)")
-    p.add_argument("--frames", type=int, default=16, help="frames per snippet (snippet units only)")
+    units = p.add_mutually_exclusive_group()
+    units.add_argument("--seconds", action="store_true",
+                       help="the annotated seconds as they are, instead of the protocol's snippet grid (default)")
+    units.add_argument("--snippet-units", action="store_true",
+                       help="segments (and durations) in snippets, round(sec * fps / frames), instead of seconds")
+    p.add_argument("--fps", type=float, default=25.0, help="feature frame rate of the snippet grid")
+    p.add_argument("--frames", type=int, default=16, help="frames per snippet of the snippet grid")
     p.add_argument("--out", required=True, help="output JSON file")
     args = p.parse_args(argv)
-    ann = load_wtalc(args.annotations)
+    if args.fps <= 0 or args.frames < 1:
+        raise PECRError(f"--fps {args.fps:g} and --frames {args.frames} must be positive")
+    ann = load_wtalc(args.annotations, "--annotations")
     classes = [_text(c) for c in ann["classlist"]]
-    gt = load_wtalc_ground_truth(args.annotations, args.subset, args.snippet_units, args.fps, args.frames)
+    gt = load_wtalc_ground_truth(args.annotations, args.subset, not args.seconds, args.fps, args.frames,
+                                 flag="--annotations")
+    grid = None
+    if not (args.seconds or args.snippet_units):  # the protocol's ground truth, in seconds on the snippet grid
+        gt = gt.assign(**{c: snippet_grid_seconds(gt[c], args.fps, args.frames) for c in ("t-start", "t-end")})
+        grid = {"fps": args.fps, "frames": args.frames}
     durations = None
     if "duration" in ann:
         scale = args.fps / args.frames if args.snippet_units else 1.0
         durations = {_text(v): float(d) * scale for v, d in zip(ann["videoname"], ann["duration"])}
-    unit = f"snippets of {args.frames} frames at {args.fps:g} fps" if args.snippet_units else "seconds"
+    unit = (f"snippets of {args.frames} frames at {args.fps:g} fps" if args.snippet_units else "seconds" if args.seconds
+            else f"seconds on the grid of {args.frames}-frame snippets at {args.fps:g} fps")
     data = to_activitynet_json(gt, classes, args.subset, durations,
-                               version=f"{Path(args.annotations).name} {args.subset} ({unit})")
+                               version=f"{Path(args.annotations).name} {args.subset} ({unit})", snippet_grid=grid)
     from utils.io import atomic_write_text
 
     atomic_write_text(args.out, json.dumps(data) + "\n")

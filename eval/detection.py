@@ -29,7 +29,14 @@ positives. The result equals the sequential loop exactly (tests compare it with 
 CLI::
 
     python -m eval.detection --ground-truth GT.json --predictions PRED.json \
-        [--subset test] [--tiou 0.1 0.2 ...] [--json-out FILE]
+        [--subset test] [--tiou 0.1 0.2 ...] [--json-out FILE] [--seconds]
+
+When the ground truth carries a ``snippet_grid`` {fps, frames} (what ``python -m eval.annotations``
+writes by default), both files are scored on that grid, as test.py scores them: seconds are turned
+into snippet positions ``sec * fps / frames``, the ground truth rounded to whole snippets (it lies on
+the grid) and predictions within 1e-6 of a whole snippet snapped to it (test.py's detections are whole
+snippets written in seconds; other predictions keep their fractional positions). ``--seconds`` scores
+in seconds instead.
 """
 from __future__ import annotations
 
@@ -312,6 +319,28 @@ def _segments(items: list, locate, path: Path) -> np.ndarray:
     return seg
 
 
+def snippet_grid(path: str | Path) -> dict | None:
+    """The ``snippet_grid`` {fps, frames} of a ground-truth JSON, None when it has none."""
+    grid = read_json(path, "ground-truth").get("snippet_grid") if Path(path).is_file() else None
+    if grid is None:
+        return None
+    if not (isinstance(grid, dict) and _is_number(grid.get("fps")) and _is_number(grid.get("frames"))
+            and grid["fps"] > 0 and grid["frames"] > 0):
+        raise PECRError(f"{path}: 'snippet_grid' must be {{'fps': number > 0, 'frames': number > 0}}, got {grid!r}")
+    return {"fps": float(grid["fps"]), "frames": float(grid["frames"])}
+
+
+def to_grid(table: pd.DataFrame, grid: dict, snap: str) -> pd.DataFrame:
+    """Seconds -> snippet positions ``sec * fps / frames``. ``snap="round"``: rounded to whole snippets
+    (ground truth on the grid); ``"near"``: snapped only within 1e-6 of a whole snippet."""
+    out = table.copy()
+    for col in ("t-start", "t-end"):
+        x = out[col].to_numpy(np.float64) * grid["fps"] / grid["frames"]
+        whole = np.round(x)
+        out[col] = whole if snap == "round" else np.where(np.abs(x - whole) <= 1e-6, whole, x)
+    return out
+
+
 def load_activitynet_ground_truth(path: str | Path, subset: str | None = None) -> pd.DataFrame:
     """ActivityNet-style ground truth JSON -> table (video-id, label (name), t-start, t-end).
 
@@ -372,11 +401,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--predictions", required=True, help="ActivityNet results JSON (results / version / external_data)")
     p.add_argument("--subset", default=None, help="evaluate only the ground-truth videos of this subset (default: all)")
     p.add_argument("--tiou", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-                   help="tIoU thresholds")
+                   help="tIoU thresholds, each in (0, 1]")
+    p.add_argument("--seconds", action="store_true",
+                   help="score in seconds even when the ground truth carries a snippet grid")
     p.add_argument("--json-out", default=None, help="also write {tiou, mAP, average_mAP, ap, classes} here (fractions)")
     args = p.parse_args(argv)
+    bad = [t for t in args.tiou if not 0 < t <= 1]
+    if bad:
+        raise PECRError(f"--tiou {' '.join(f'{t:g}' for t in bad)}: every tIoU threshold must lie in (0, 1]")
+    if args.json_out:
+        from utils.io import check_writable
+
+        check_writable(Path(args.json_out).resolve().parent, "--json-out")
     gt = load_activitynet_ground_truth(args.ground_truth, args.subset)
     pred = load_activitynet_predictions(args.predictions)
+    grid = None if args.seconds else snippet_grid(args.ground_truth)
+    if grid is not None:
+        gt, pred = to_grid(gt, grid, "round"), to_grid(pred, grid, "near")
+        print(f"scored on the ground truth's snippet grid ({grid['frames']:g} frames at {grid['fps']:g} fps; "
+              "--seconds to score in seconds)", file=sys.stderr)
+    _warn_unknown_videos(gt, pred, args.predictions)
     result = evaluate_detection(gt, pred, args.tiou)
     print(_format_result(result))
     unknown = int((~pred["label"].isin(result.classes)).sum())
@@ -390,6 +434,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "ap": result.ap.tolist(), "classes": list(result.classes)}
         atomic_write_text(args.json_out, json.dumps(record, indent=1) + "\n")
     return 0
+
+
+def _warn_unknown_videos(gt: pd.DataFrame, pred: pd.DataFrame, path) -> None:
+    """A warning on stderr when predicted videos are missing from the ground truth (ids that differ,
+    e.g. by a file extension, score 0 without it)."""
+    predicted = pd.unique(pred["video-id"])
+    known = set(gt["video-id"])
+    missing = [v for v in predicted if v not in known]
+    if not missing:
+        return
+    example = f"e.g. {missing[0]!r}" + (f" (the ground truth has e.g. {next(iter(known))!r})" if known else "")
+    if len(missing) == len(predicted):
+        print(f"warning: none of the {len(predicted)} videos of {path} is in the ground truth ({example}): every "
+              "prediction is a false positive; check the video ids (a file extension?) and --subset", file=sys.stderr)
+    else:
+        print(f"note: {len(missing)} of the {len(predicted)} predicted videos have no ground truth ({example}); "
+              "their predictions count as false positives", file=sys.stderr)
 
 
 if __name__ == "__main__":

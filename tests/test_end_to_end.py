@@ -67,6 +67,16 @@ def test_train_evaluate_and_test_cli_agree(tmp_path, capsys):
     assert segment["segment"][0] <= segment["segment"][1] and isinstance(segment["label"], str)
     assert "avg 0.1:0.7" in capsys.readouterr().out  # the printed table
 
+    # the documented route re-scores detections.json exactly as test.py scored it
+    from eval import annotations, detection
+    opts = options.parse_args(tiny_args(tmp_path))
+    assert annotations.main(["--annotations", opts.annotation_dir, "--subset", opts.test_subset,
+                             "--out", str(out_dir / "gt.json")]) == 0
+    assert detection.main(["--ground-truth", str(out_dir / "gt.json"), "--predictions", str(out_dir / "detections.json"),
+                           "--json-out", str(out_dir / "rescored.json")]) == 0
+    rescored = json.loads((out_dir / "rescored.json").read_text())
+    assert rescored["tiou"] == tested["tiou"] and rescored["mAP"] == tested["mAP"]
+
 
 def interrupt_at(run: train_main.Run, iteration: int, monkeypatch) -> None:
     """Make ``run`` receive Ctrl-C when it asks for the batch of ``iteration``."""

@@ -108,9 +108,18 @@ def test_converter_reproduces_thumos_test(thumos_annotations, tmp_path):
 def test_converter_seconds_and_error(tmp_path, capsys):
     folder = make_folder(tmp_path)
     out = tmp_path / "gt.json"
-    assert annotations.main(["--annotations", str(folder), "--subset", "test", "--out", str(out)]) == 0
-    db = json.loads(out.read_text())["database"]
-    assert db == {"a": {"subset": "test", "duration": 10.0, "annotations": [
+    assert annotations.main(["--annotations", str(folder), "--subset", "test", "--seconds", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["database"] == {"a": {"subset": "test", "duration": 10.0, "annotations": [
         {"segment": [1.0, 2.0], "label": "Run"}, {"segment": [3.2, 4.0], "label": "Jump"}]}}
+    assert "snippet_grid" not in data
+    # default: the protocol's ground truth, on the snippet grid (round(sec * 25/16) snippets of 0.64 s)
+    assert annotations.main(["--annotations", str(folder), "--subset", "test", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["snippet_grid"] == {"fps": 25.0, "frames": 16}
+    assert data["database"]["a"]["annotations"] == [{"segment": [2 * 0.64, 3 * 0.64], "label": "Run"},
+                                                    {"segment": [5 * 0.64, 6 * 0.64], "label": "Jump"}]
+    assert annotations.main(["--annotations", str(tmp_path / "none"), "--subset", "test", "--out", str(out)]) == 2
+    assert "(--annotations)" in capsys.readouterr().err  # this command's flag
     assert annotations.main(["--annotations", str(folder), "--subset", "nope", "--out", str(out)]) == 2
     assert "unknown subset 'nope'" in capsys.readouterr().err

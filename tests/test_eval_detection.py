@@ -267,3 +267,37 @@ def test_cli_as_module(tmp_path):
     run = subprocess.run([sys.executable, "-m", "eval.detection", "--ground-truth", gt, "--predictions", pred],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "no 'score' field" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_cli_refuses_thresholds_outside_unit_interval(tmp_path, capsys):
+    gt, pred = write_json(tmp_path / "gt.json", GT_JSON), write_json(tmp_path / "pred.json", PRED_JSON)
+    assert detection.main(["--ground-truth", gt, "--predictions", pred, "--tiou", "1.5", "-0.2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--tiou 1.5 -0.2" in err and "(0, 1]" in err and "\n" not in err
+
+
+def test_cli_warns_when_no_predicted_video_is_in_the_ground_truth(tmp_path, capsys):
+    renamed = {"results": {f"{v}.mp4": p for v, p in PRED_JSON["results"].items()}}
+    gt, pred = write_json(tmp_path / "gt.json", GT_JSON), write_json(tmp_path / "pred.json", renamed)
+    assert detection.main(["--ground-truth", gt, "--predictions", pred]) == 0
+    err = capsys.readouterr().err
+    assert "warning: none of the 2 videos" in err and "'v1.mp4'" in err and "file extension" in err
+
+
+def test_cli_scores_on_the_ground_truths_snippet_grid(tmp_path, capsys):
+    """Ground truth on the 0.64 s grid with predictions in seconds: scored in snippet units, where a
+    tIoU that is exactly the threshold in snippets stays a hit (in seconds float rounding decides)."""
+    grid = {"fps": 25.0, "frames": 16}
+    sec = lambda k: k * (16 / 25)
+    gt_json = {"snippet_grid": grid, "database": {"v": {"subset": "test", "annotations": [
+        {"segment": [sec(s), sec(e)], "label": "Run"} for s, e in [(0, 20), (100, 103), (7, 37)]]}}}
+    preds = [(0, 10), (100, 106), (7, 22)]  # tIoU 0.5 exactly in snippets, each
+    pred_json = {"results": {"v": [{"label": "Run", "score": 1 - i / 10, "segment": [sec(s), sec(e)]}
+                                   for i, (s, e) in enumerate(preds)]}}
+    gt, pred = write_json(tmp_path / "gt.json", gt_json), write_json(tmp_path / "pred.json", pred_json)
+    out = tmp_path / "res.json"
+    assert detection.main(["--ground-truth", gt, "--predictions", pred, "--tiou", "0.5", "--json-out", str(out)]) == 0
+    assert "snippet grid" in capsys.readouterr().err
+    assert json.loads(out.read_text())["mAP"] == [1.0]
+    table = detection.to_grid(detection.load_activitynet_predictions(pred), grid, "near")
+    assert table["t-start"].tolist() == [0, 100, 7] and table["t-end"].tolist() == [10, 106, 22]
