@@ -31,7 +31,7 @@ from eval.proposals import ProposalConfig, filter_ambiguous, load_ambiguous, to_
 from eval.report import format_table, metrics_record
 from model import PECR, build_model
 from utils.checkpoint import (check_checkpoint, is_pecr_checkpoint, load_model_state, load_release_checkpoint,
-                              read_checkpoint)
+                              read_checkpoint, release_state_dict)
 from utils.device import resolve_device
 from utils.errors import PECRError, cli
 from utils.io import atomic_write_text, check_writable
@@ -158,7 +158,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, dict, P
         sys.exit(0)
     known, rest = front.parse_known_args(argv)
     data = read_checkpoint(known.ckpt)  # read once: ours, or the authors' release (a bare state dict)
-    ckpt = check_checkpoint(data, known.ckpt) if is_pecr_checkpoint(data) else {"release": data}
+    ckpt = check_checkpoint(data, known.ckpt) if is_pecr_checkpoint(data) else {"release": release_state_dict(data, known.ckpt)}
     saved = {k: v for k, v in ckpt.get("options", {}).items() if k not in RUN_LOCAL}
     opts = options.parse_args(rest, base=saved)
     return opts, known.ckpt, ckpt, Path(known.out_dir) if known.out_dir else None

@@ -169,6 +169,7 @@ def test_corrupt_vocab_is_rejected(clip_vocab, tmp_path):
 
 
 def test_tokenizer_instances_are_cached(clip_vocab, monkeypatch):
+    monkeypatch.setenv("PECR_CLIP_VOCAB", str(clip_vocab))  # whatever the caller's environment says
     first = get_tokenizer(clip_vocab)
     assert get_tokenizer(clip_vocab) is first and get_tokenizer() is first   # env points at the same file
     tokenize("warm up")

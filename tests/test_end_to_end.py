@@ -191,6 +191,13 @@ def test_cli_errors_are_one_line(trained, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "corrupt" in err and "\n" not in err
 
+    for name, write in (("notes.txt", lambda p: p.write_text("hello world\n")), ("plain.txt", lambda p: p.write_text("a: 1\n")),
+                        ("dict.pt", lambda p: torch.save({"a": 1}, p))):
+        write(tmp_path / name)
+        assert test_cli.main(["--ckpt", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: ") and name in err and "\n" not in err
+
     other = tmp_path / "other.pt"  # a checkpoint from a dataset with another class count
     payload = load_checkpoint(ckpt)
     payload["model"]["config"]["num_classes"] = 7

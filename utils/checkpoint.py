@@ -118,9 +118,9 @@ def _torch_load(path: Path, map_location, trusted: bool, what: str, mmap: bool =
             raise PECRError(f"{what} {path} holds Python objects beyond tensors, numbers and arrays; load it "
                             "with trusted=True only if you trust its source") from None
         raise PECRError(f"{what} {path} is corrupt or not a torch file; delete it and re-create it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise PECRError(f"{what} {path} is corrupt or unreadable ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else 'truncated'}); delete it and re-create it") from None
+    except Exception as err:  # text files, truncated or foreign pickles fail in many ways deep in the unpickler
+        raise PECRError(f"{what} {path} is corrupt or not a torch checkpoint ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'truncated'}); check the path or re-create the file") from None
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", trusted: bool = False,
@@ -231,6 +231,21 @@ def convert_release_state_dict(sd: dict[str, torch.Tensor], keep_clip: bool = Fa
     return state, report
 
 
+def release_state_dict(data: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict inside the authors' file content ``data`` (possibly under "state_dict" / "model");
+    PECRError unless it holds tensors under at least one release name (vAttn.*, fusion.*, ...)."""
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
+            data = data[wrapper]
+    if not isinstance(data, dict) or not any(torch.is_tensor(v) for v in data.values()):
+        raise PECRError(f"{path} is neither a PECR checkpoint nor a state dict of tensors; expected best.pt / last.pt "
+                        "of a run or the authors' released PECR weights")
+    if not convert_release_state_dict(data)[1].mapped:
+        raise PECRError(f"{path}: none of its {len(data)} keys is a PECR release name (vAttn.*, fusion.*, ...); "
+                        "not a PECR release checkpoint?")
+    return data
+
+
 def load_release_checkpoint(model: nn.Module, path: str | os.PathLike, keep_clip: bool = False,
                             trusted: bool = False, data: Any = None) -> ReleaseReport:
     """Load the authors' released weights (a state dict, possibly under "state_dict"/"model") into ``model``.
@@ -242,14 +257,7 @@ def load_release_checkpoint(model: nn.Module, path: str | os.PathLike, keep_clip
     path = Path(path)
     if data is None:
         data = _torch_load(path, "cpu", trusted, "release checkpoint")
-    for wrapper in ("state_dict", "model", "model_state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
-            data = data[wrapper]
-    if not isinstance(data, dict) or not any(torch.is_tensor(v) for v in data.values()):
-        raise PECRError(f"{path} holds no state dict of tensors; expected the authors' released PECR weights")
+    data = release_state_dict(data, path)
     state, report = convert_release_state_dict(data, keep_clip)
-    if not report.mapped:
-        raise PECRError(f"{path}: none of its {len(data)} keys is a PECR release name (vAttn.*, fusion.*, ...); "
-                        "not a PECR release checkpoint?")
     load_model_state(model, state, strict=False)
     return report
