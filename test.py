@@ -167,12 +167,13 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, str, dict, P
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     opts, ckpt_path, ckpt, out_dir = _parse(argv)
+    out_dir = out_dir or Path(ckpt_path).parent
+    check_writable(out_dir, "--out-dir")  # before the test pass, not after it
     device = resolve_device(opts.device)
     dataset = WTALDataset(opts)
     model = build_model(opts, dataset.class_phrases, device)
     load_weights(model, ckpt, ckpt_path, dataset.classlist)
     evaluation = evaluate(model, dataset, opts, iteration=ckpt.get("iteration", 0))
-    out_dir = out_dir or Path(ckpt_path).parent
     record = evaluation.record
     print(format_table(record, opts.protocol))
     atomic_write_text(out_dir / "detections.json", json.dumps(detections_json(evaluation.detections, dataset.classlist, opts)))

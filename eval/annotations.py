@@ -149,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.fps <= 0 or args.frames < 1:
         raise PECRError(f"--fps {args.fps:g} and --frames {args.frames} must be positive")
+    from utils.io import atomic_write_text, check_writable
+
+    check_writable(Path(args.out).resolve().parent, "--out")
     ann = load_wtalc(args.annotations, "--annotations")
     classes = [_text(c) for c in ann["classlist"]]
     gt = load_wtalc_ground_truth(args.annotations, args.subset, not args.seconds, args.fps, args.frames,
@@ -165,8 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             else f"seconds on the grid of {args.frames}-frame snippets at {args.fps:g} fps")
     data = to_activitynet_json(gt, classes, args.subset, durations,
                                version=f"{Path(args.annotations).name} {args.subset} ({unit})", snippet_grid=grid)
-    from utils.io import atomic_write_text
-
     atomic_write_text(args.out, json.dumps(data) + "\n")
     print(f"wrote {args.out}: {len(data['database'])} videos, {len(gt)} segments, {len(classes)} classes ({unit})")
     return 0

@@ -198,6 +198,11 @@ def test_cli_errors_are_one_line(trained, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: ") and name in err and "\n" not in err
 
+    (tmp_path / "file").write_text("")
+    assert test_cli.main(["--ckpt", str(ckpt), "--out-dir", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write" in err and "--out-dir" in err and "\n" not in err
+
     other = tmp_path / "other.pt"  # a checkpoint from a dataset with another class count
     payload = load_checkpoint(ckpt)
     payload["model"]["config"]["num_classes"] = 7

@@ -121,5 +121,8 @@ def test_converter_seconds_and_error(tmp_path, capsys):
                                                     {"segment": [5 * 0.64, 6 * 0.64], "label": "Jump"}]
     assert annotations.main(["--annotations", str(tmp_path / "none"), "--subset", "test", "--out", str(out)]) == 2
     assert "(--annotations)" in capsys.readouterr().err  # this command's flag
+    (tmp_path / "file").write_text("")
+    assert annotations.main(["--annotations", str(folder), "--subset", "test", "--out", str(tmp_path / "file" / "gt.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err
     assert annotations.main(["--annotations", str(folder), "--subset", "nope", "--out", str(out)]) == 2
     assert "unknown subset 'nope'" in capsys.readouterr().err
