@@ -58,3 +58,18 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         f.write(line.rstrip("\n") + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def writable_folder(path: str | os.PathLike, flag: str = "--out-dir") -> Path:
+    """Create folder ``path`` if needed and check that files can be written there (a probe file is
+    created and removed), before any result is computed; PECRError naming the folder and ``flag``."""
+    from utils.errors import PECRError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise PECRError(f"output folder {path} is not writable ({err.strerror or err}); pass a writable {flag}") from None
+    return path
