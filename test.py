@@ -107,6 +107,8 @@ def write_results(out_dir: Path, evaluation: Evaluation, reference: Reference, c
                   metrics: bool = True) -> list[Path]:
     """``detections.json``, ``metrics.json`` (unless ``metrics`` is False) and, with ``--save-raw``,
     ``raw_predictions.npz`` (eval/raw.py) in ``out_dir``, each written atomically -> their paths."""
+    if opts.save_raw and evaluation.raw is None:
+        raise ValueError("--save-raw needs the outputs: evaluate(..., keep_raw=True)")
     out_dir = Path(out_dir)
     written = [out_dir / "detections.json"]
     atomic_write_text(written[0], json.dumps(detections_json(evaluation.detections, classlist, opts)))
