@@ -13,7 +13,7 @@ import main as train_main
 import options
 import test as test_cli
 from eval import rescore as rescore_cli
-from eval.proposals import ProposalConfig, group_runs, minmax_normalise, predicted_classes, video_class_scores
+from eval.proposals import ProposalConfig, group_runs, load_ambiguous, minmax_normalise, predicted_classes, video_class_scores
 from eval.annotations import wtalc_classes
 from eval.raw import load_raw, save_raw
 from tests.test_end_to_end import tiny_args
@@ -49,6 +49,26 @@ def test_rescoring_reproduces_test_py_exactly(run, tmp_path, capsys):
     saved = yaml.safe_load((tmp_path / "same" / "rescore_options.yaml").read_text())
     assert saved == load_raw(tested / "raw_predictions.npz").options  # unchanged options: the pass's own
     options.load_options(tmp_path / "same" / "rescore_options.yaml")  # a valid --config file
+
+
+def test_ambiguous_regions_travel_with_the_raw_file(run, tmp_path):
+    """THUMOS14's filter: regions stored in the raw file drop the same detections as in test.py."""
+    videos = load_raw(run["tested"] / "raw_predictions.npz").predictions.names
+    regions = tmp_path / "Ambiguous_test.txt"
+    regions.write_text(f"{videos[0]} 0.0 3.2\n{videos[0]} Diving 10.0 12.5\n{videos[1]} 1.0 40.0\n")
+    tested = tmp_path / "tested"
+    assert test_cli.main(["--ckpt", str(run["run_dir"] / "best.pt"), "--out-dir", str(tested), "--save-raw", "true",
+                          "--ambiguous-file", str(regions)]) == 0
+    raw = load_raw(tested / "raw_predictions.npz")
+    assert raw.reference.ambiguous.keys() == load_ambiguous(regions).keys()
+    for video, r in load_ambiguous(regions).items():
+        assert np.array_equal(raw.reference.ambiguous[video], r)
+    rescore(tested / "raw_predictions.npz", tmp_path / "same")
+    for name in ("metrics.json", "detections.json"):
+        assert (tmp_path / "same" / name).read_text() == (tested / name).read_text(), name
+    filtered = json.loads((tested / "detections.json").read_text())["results"]
+    unfiltered = json.loads((run["tested"] / "detections.json").read_text())["results"]
+    assert len(filtered.get(videos[1], [])) < len(unfiltered[videos[1]])  # the filter did act
 
 
 def test_training_final_evaluation_writes_raw_predictions(run, tmp_path):
