@@ -3,7 +3,8 @@
 Run folder ``<output-dir>/<model-name>/``: ``options.yaml`` (resolved options; ``--config`` it
 to reproduce the run), ``last.pt`` (resume point), ``best.pt`` (best by the dataset's
 criterion), ``metrics.jsonl`` (one record per evaluation, fractions), ``results.txt`` (tables in
-percent) and ``tensorboard/``.
+percent) and ``tensorboard/``; with ``--save-raw true`` also ``raw_predictions.npz`` and
+``detections.json`` of the final evaluation.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dataset import WTALDataset
 from eval.report import format_table, selection_score
 from losses import PECRLoss
 from model import build_model, load_clip
-from test import check_classes, evaluate, load_reference
+from test import check_classes, evaluate, load_reference, write_results
 from train import NonFiniteLoss, make_optimizer, train_step
 from utils.checkpoint import load_checkpoint, load_model_state, model_state, save_checkpoint
 from utils.device import resolve_device
@@ -128,8 +129,12 @@ class Run:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, iteration: int, writer: SummaryWriter) -> dict:
-        record = evaluate(self.model, self.dataset, self.opts, iteration, reference=self.reference,
-                          progress=interactive()).record
+        final = self.opts.save_raw and iteration == self.opts.max_iter - 1  # --save-raw: keep the final pass's outputs
+        evaluation = evaluate(self.model, self.dataset, self.opts, iteration, reference=self.reference,
+                              keep_raw=final, progress=interactive())
+        record = evaluation.record
+        if final:  # raw_predictions.npz and that evaluation's detections.json in the run folder
+            write_results(self.dir, evaluation, self.reference, self.dataset.classlist, self.opts, metrics=False)
         for t, m in zip(record["tiou"], record["mAP"]):
             writer.add_scalar(f"mAP/tIoU={t:g}", 100 * m, iteration)
         for name, value in record["average_mAP"].items():

@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation (SPEC §6)")
     g.add_argument("--protocol", choices=("thumos", "activitynet"), default="thumos", help="reported thresholds, averages and best-checkpoint criterion")
     g.add_argument("--tiou-thresholds", dest="tiou_thresholds", type=float, nargs="+", default=THUMOS_TIOU, help="tIoU thresholds of detection mAP")
+    g.add_argument("--save-raw", dest="save_raw", type=B, default=False, help="also write raw_predictions.npz (per-video CAS, attention A, A_V, A_F and what re-scoring needs) beside detections.json: test.py, and training's final evaluation in the run folder; re-score with python -m eval.rescore, plot with tools/visualize.py")
+    g.add_argument("--raw-dtype", dest="raw_dtype", choices=("float32", "float16"), default="float32", help="precision of the arrays of raw_predictions.npz: float32 re-scores exactly, float16 halves the file and re-scores approximately")
     return p
 
 

@@ -5,8 +5,10 @@
 
 Our checkpoints carry their resolved options, which become the defaults here (command-line
 options still win). Writes ``detections.json`` (ActivityNet format, seconds) and ``metrics.json``
-(one record in the metrics.jsonl form) to ``--out-dir`` (default: the checkpoint's folder).
-:func:`evaluate` is the test pass the training loop uses too.
+(one record in the metrics.jsonl form) to ``--out-dir`` (default: the checkpoint's folder), and with
+``--save-raw true`` ``raw_predictions.npz`` (the network outputs; re-score them with
+``python -m eval.rescore``, plot them with ``tools/visualize.py``).
+:func:`evaluate` is the test pass the training loop uses too: :func:`infer` then :func:`eval.scoring.score`.
 """
 from __future__ import annotations
 
@@ -14,48 +16,27 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 
 import options
 from dataset import WTALDataset
 from eval.annotations import load_wtalc_ground_truth
-from eval.classification import classification_map, classification_scores
-from eval.detection import evaluate_detection
-from eval.proposals import ProposalConfig, filter_ambiguous, load_ambiguous, to_seconds, video_proposals
-from eval.report import format_table, metrics_record
+from eval.proposals import load_ambiguous
+from eval.raw import FILENAME as RAW_FILENAME, save_raw
+from eval.report import format_table
+from eval.scoring import Evaluation, Reference, VideoOutput, detections_json, score
 from model import PECR, build_model
 from utils.checkpoint import (check_checkpoint, is_pecr_checkpoint, load_model_state, load_release_checkpoint,
                               read_checkpoint, release_state_dict)
 from utils.device import resolve_device
 from utils.errors import PECRError, cli
 from utils.io import atomic_write_text, check_writable
-from utils.progress import progress as progress_bar
 
 
 RUN_LOCAL = ("device", "resume")  # options of the training machine / session that test.py does not inherit
-
-
-@dataclass
-class Evaluation:
-    """One test pass: the metrics record (fractions), detections (snippet units) and timings (s)."""
-
-    record: dict
-    detections: pd.DataFrame
-    timings: dict = field(default_factory=dict)
-
-
-@dataclass
-class Reference:
-    """What test passes are scored against, read once per run."""
-
-    ground_truth: pd.DataFrame               # video-id, label, t-start, t-end (snippet units)
-    ambiguous: dict[str, np.ndarray] | None  # THUMOS14 regions excluded from evaluation (seconds)
 
 
 def ambiguous_file(opts) -> Path | None:
@@ -82,58 +63,62 @@ def check_classes(ckpt: dict, classlist: Sequence[str], path) -> None:
                         f"{len(classlist)} classes {list(classlist)[:3]}...: trained on another dataset?")
 
 
-@torch.inference_mode()
-def evaluate(model: PECR, dataset: WTALDataset, opts, iteration: int = 0, progress: bool = True,
-             reference: Reference | None = None) -> Evaluation:
-    """Run inference over the test split and score it by the protocol of ``opts.protocol``.
+def infer(model: PECR, dataset: WTALDataset, opts, timings: dict | None = None) -> Iterator[VideoOutput]:
+    """The inference half of a test pass: every test video through the model, lazily -> its outputs.
 
     The prompt text features are computed once per pass; test-time sampling draws from a
     generator seeded with ``opts.seed``, so a pass is reproducible and leaves the global RNG alone.
-    ``reference`` (from :func:`load_reference`) is read here when not given.
+    Adds the seconds spent in the model to ``timings["model"]``.
     """
-    reference = reference or load_reference(opts)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(opts.seed)
-    cfg = ProposalConfig.from_options(opts)
-    timings = {"model": 0.0, "proposals": 0.0}
-
-    text = model.encode_text()
-    tables, scores, names = [], [], []
-    videos = dataset.test_videos(device)
-    for video in progress_bar(videos, total=dataset.num_test_videos, desc="test", unit="video", disable=not progress,
-                              leave=False):
-        t0 = time.perf_counter()
-        out = model(video.features, text_features=text, generator=generator)
-        cas, attention = out.cas[0].cpu().numpy(), out.attention[0].cpu().numpy()
-        t1 = time.perf_counter()
-        tables.append(video_proposals(cas, attention, cfg, video.name))
-        scores.append(classification_scores(cas, opts.cls_topk))
-        names.append(video.index)
-        timings["model"] += t1 - t0
-        timings["proposals"] += time.perf_counter() - t1
-    model.train(was_training)
-
-    t0 = time.perf_counter()
-    detections = pd.concat(tables, ignore_index=True)
-    if reference.ambiguous is not None:
-        detections = filter_ambiguous(detections, reference.ambiguous, opts.feature_fps, opts.snippet_frames)
-    result = evaluate_detection(reference.ground_truth, detections, opts.tiou_thresholds, dataset.num_classes)
-    cmap = classification_map(np.stack(scores)[:, :-1], dataset.labels[names])
-    timings["map"] = time.perf_counter() - t0
-    record = metrics_record(iteration, opts.tiou_thresholds, result.mAP, opts.protocol, cmap)
-    return Evaluation(record, detections, timings)
+    try:
+        with torch.inference_mode():
+            text = model.encode_text()
+        for video in dataset.test_videos(device):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = model(video.features, text_features=text, generator=generator)
+                arrays = [x[0].cpu().numpy() for x in (out.cas, out.attention, out.attention_v, out.attention_f)]
+            if timings is not None:
+                timings["model"] = timings.get("model", 0.0) + time.perf_counter() - t0
+            yield VideoOutput(video.name, *arrays)
+    finally:
+        model.train(was_training)
 
 
-def detections_json(detections: pd.DataFrame, classlist: Sequence[str], opts) -> dict:
-    """ActivityNet-format results (segments in seconds)."""
-    seconds = to_seconds(detections, opts.feature_fps, opts.snippet_frames)
-    results: dict[str, list] = {}
-    for vid, label, start, end, score in seconds[["video-id", "label", "t-start", "t-end", "score"]].itertuples(index=False):
-        results.setdefault(vid, []).append({"label": classlist[label], "score": float(score),
-                                            "segment": [float(start), float(end)]})
-    return {"version": "PECR", "results": results, "external_data": {"used": True, "details": "CLIP (OpenAI)"}}
+def evaluate(model: PECR, dataset: WTALDataset, opts, iteration: int = 0, progress: bool = True,
+             reference: Reference | None = None, keep_raw: bool = False) -> Evaluation:
+    """Run inference over the test split (:func:`infer`) and score it by the protocol of ``opts.protocol``
+    (:func:`eval.scoring.score`). ``reference`` (from :func:`load_reference`) is read here when not given;
+    ``keep_raw``: keep the network outputs in ``Evaluation.raw`` (for ``--save-raw``)."""
+    reference = reference or load_reference(opts)
+    timings = {"model": 0.0}
+    labels = dataset.labels[dataset.test_indices]  # the order of dataset.test_videos
+    evaluation = score(infer(model, dataset, opts, timings), labels, reference, opts, dataset.classlist, iteration,
+                       progress, keep_raw)
+    evaluation.timings.update(timings)
+    return evaluation
+
+
+def write_results(out_dir: Path, evaluation: Evaluation, reference: Reference, classlist: Sequence[str], opts,
+                  metrics: bool = True) -> list[Path]:
+    """``detections.json``, ``metrics.json`` (unless ``metrics`` is False) and, with ``--save-raw``,
+    ``raw_predictions.npz`` (eval/raw.py) in ``out_dir``, each written atomically -> their paths."""
+    if opts.save_raw and evaluation.raw is None:
+        raise ValueError("--save-raw needs the outputs: evaluate(..., keep_raw=True)")
+    out_dir = Path(out_dir)
+    written = [out_dir / "detections.json"]
+    atomic_write_text(written[0], json.dumps(detections_json(evaluation.detections, classlist, opts)))
+    if metrics:
+        written.append(out_dir / "metrics.json")
+        atomic_write_text(written[-1], json.dumps(evaluation.record) + "\n")
+    if opts.save_raw:
+        written.append(save_raw(out_dir / RAW_FILENAME, evaluation.raw, reference, classlist,
+                                options.options_to_dict(opts), evaluation.record["iteration"], opts.raw_dtype))
+    return written
 
 
 def load_weights(model: PECR, ckpt: dict, ckpt_path: str, classlist: Sequence[str]) -> None:
@@ -173,12 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = WTALDataset(opts)
     model = build_model(opts, dataset.class_phrases, device)
     load_weights(model, ckpt, ckpt_path, dataset.classlist)
-    evaluation = evaluate(model, dataset, opts, iteration=ckpt.get("iteration", 0))
-    record = evaluation.record
-    print(format_table(record, opts.protocol))
-    atomic_write_text(out_dir / "detections.json", json.dumps(detections_json(evaluation.detections, dataset.classlist, opts)))
-    atomic_write_text(out_dir / "metrics.json", json.dumps(record) + "\n")
-    print(f"wrote {out_dir / 'detections.json'} and {out_dir / 'metrics.json'}")
+    reference = load_reference(opts)
+    evaluation = evaluate(model, dataset, opts, iteration=ckpt.get("iteration", 0), reference=reference,
+                          keep_raw=opts.save_raw)
+    print(format_table(evaluation.record, opts.protocol))
+    written = write_results(out_dir, evaluation, reference, dataset.classlist, opts)
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 

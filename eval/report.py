@@ -4,7 +4,9 @@ A metrics record (one line of metrics.jsonl), all values fractions::
 
     {"iteration": 3050, "tiou": [0.1, ..., 0.9], "mAP": [...],
      "average_mAP": {"0.1:0.7": x, "0.3:0.7": y},   # protocol thumos
-     "cmAP": z}                                      # activitynet: {"0.5:0.95": x}
+     "cmAP": z,                                      # activitynet: {"0.5:0.95": x}
+     "ap_per_class": {"classes": [name, ...], "ap": [[...], ...]}}   # optional: ap[i][j] at tiou[i],
+                                                     # class j; null for a class without ground truth
 
 THUMOS14 reports mAP at 0.1..0.7 and the means over 0.1:0.7 and 0.3:0.7, and keeps the
 checkpoint with the largest sum of mAP@0.1:0.7; ActivityNet1.2 reports 0.5, 0.75, 0.95 and the
@@ -47,18 +49,31 @@ def _at(tiou: Sequence[float], mAP: Sequence[float], wanted: Sequence[float], pr
 
 
 def metrics_record(iteration: int, tiou: Sequence[float], mAP: Sequence[float], protocol: str,
-                   cmap: float | None = None) -> dict:
-    """The metrics.jsonl record of one evaluation (fractions; ``cmAP`` None when not computed)."""
+                   cmap: float | None = None, ap_per_class: tuple[Sequence[str], np.ndarray] | None = None) -> dict:
+    """The metrics.jsonl record of one evaluation (fractions; ``cmAP`` None when not computed).
+
+    ``ap_per_class`` = (class names (C,), AP (n_tiou, C) with NaN for classes without ground truth)
+    adds the ``ap_per_class`` entry (NaN written as null).
+    """
     _, averages = _protocol(protocol)
     if len(tiou) != len(mAP):
         raise PECRError(f"metrics record: {len(tiou)} tIoU thresholds but {len(mAP)} mAP values")
-    return {
+    record = {
         "iteration": int(iteration),
         "tiou": [float(t) for t in tiou],
         "mAP": [float(m) for m in mAP],
         "average_mAP": {name: float(_at(tiou, mAP, ts, protocol).mean()) for name, ts in averages.items()},
         "cmAP": None if cmap is None else float(cmap),
     }
+    if ap_per_class is not None:
+        classes, ap = ap_per_class
+        ap = np.asarray(ap, dtype=np.float64)
+        if ap.shape != (len(tiou), len(classes)):
+            raise PECRError(f"metrics record: per-class AP of shape {ap.shape}, expected ({len(tiou)}, {len(classes)}) "
+                            "(tIoU thresholds, classes)")
+        record["ap_per_class"] = {"classes": [str(c) for c in classes],
+                                  "ap": [[None if np.isnan(a) else float(a) for a in row] for row in ap]}
+    return record
 
 
 def format_table(record: dict, protocol: str) -> str:

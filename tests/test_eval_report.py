@@ -48,3 +48,16 @@ def test_errors():
         metrics_record(0, THUMOS_TIOU, PUBLISHED, "voc")
     with pytest.raises(PECRError, match="mAP values"):
         metrics_record(0, THUMOS_TIOU, PUBLISHED[:3], "thumos")
+
+
+def test_per_class_ap_is_an_additive_entry():
+    base = metrics_record(7, THUMOS_TIOU, PUBLISHED, "thumos", 0.5)
+    ap = np.full((len(THUMOS_TIOU), 3), np.nan)
+    ap[:, 0], ap[:, 2] = PUBLISHED, 0.25
+    r = metrics_record(7, THUMOS_TIOU, PUBLISHED, "thumos", 0.5, ap_per_class=(["a", "b", "c"], ap))
+    assert {k: v for k, v in r.items() if k != "ap_per_class"} == base  # the other keys are unchanged
+    assert r["ap_per_class"]["classes"] == ["a", "b", "c"]
+    assert r["ap_per_class"]["ap"][0] == [PUBLISHED[0], None, 0.25]  # NaN (no ground truth) -> null
+    assert json.loads(json.dumps(r)) == r
+    with pytest.raises(PECRError, match="per-class AP"):
+        metrics_record(7, THUMOS_TIOU, PUBLISHED, "thumos", 0.5, ap_per_class=(["a", "b"], ap))

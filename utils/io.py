@@ -59,8 +59,9 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[IO], Any]) -> None:
         writer(f)
 
 
-def check_writable(folder: str | os.PathLike, flag: str) -> None:
-    """Create ``folder`` if needed and check a file can be written there; PECRError naming ``flag`` if not."""
+def check_writable(folder: str | os.PathLike, flag: str = "--out-dir") -> Path:
+    """Create ``folder`` if needed and check a file can be written there (a probe file is created and
+    removed), before any result is computed -> the folder; PECRError naming ``flag`` if not."""
     from utils.errors import PECRError
 
     folder = Path(folder)
@@ -70,6 +71,7 @@ def check_writable(folder: str | os.PathLike, flag: str) -> None:
             pass
     except OSError as err:
         raise PECRError(f"cannot write to {folder} ({err.strerror or err}); choose another folder ({flag})") from None
+    return folder
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
