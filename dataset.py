@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from options import origin, shipped_path
 from utils.errors import PECRError
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,6 @@ def class_phrases(classlist: list[str], phrase_file: str | Path | None = None) -
     file of another dataset) are unused, with a warning naming them."""
     if phrase_file is None:
         return [class_phrase(c) for c in classlist]
-    from options import shipped_path
-
     path = shipped_path(phrase_file)
     phrases = read_phrase_file(path)
     unknown = [name for name in phrases if name not in classlist]
@@ -243,17 +242,18 @@ def _tensor(array: np.ndarray, device) -> torch.Tensor:
     return tensor if device is None else tensor.to(device)
 
 
-def load_annotations(annotation_dir: str | Path) -> dict:
+def load_annotations(annotation_dir: str | Path, where: str = "--annotation-dir") -> dict:
     """Read and check a W-TALC annotation folder.
 
     Returns a dict: ``classlist`` list[str] (C), ``video_names`` / ``subsets`` list[str] (N),
     ``durations`` (N,) float64 seconds, ``segments`` list of (k_i, 2) float64 seconds,
     ``segment_labels`` list[list[str]] (one per segment), ``labels_all`` list[list[str]],
     and ``original_fps`` / ``extracted_fps`` (N,) arrays or None when the files are absent.
+    ``where``: the option (or description key) to name when the folder is missing.
     """
     folder = Path(annotation_dir)
     if not folder.is_dir():
-        raise PECRError(f"annotation folder {folder} not found; place the W-TALC annotations there (see {README}) or pass --annotation-dir")
+        raise PECRError(f"annotation folder {folder} not found; place the W-TALC annotations there (see {README}) or set {where}")
     raw = {}
     for key in REQUIRED_ANNOTATIONS + OPTIONAL_ANNOTATIONS:
         path = folder / f"{key}.npy"
@@ -322,7 +322,7 @@ class WTALDataset:
     def __init__(self, opts, clip_dim: int | None = None, progress: bool | None = None):
         self.opts = opts
         self.annotation_dir = Path(opts.annotation_dir)
-        ann = load_annotations(self.annotation_dir)
+        ann = load_annotations(self.annotation_dir, origin(opts, "annotation_dir"))
         self.classlist: list[str] = ann["classlist"]
         self.class_phrases = class_phrases(self.classlist, opts.class_phrases)
         self.num_classes = len(self.classlist)
@@ -364,6 +364,7 @@ class WTALDataset:
             for v in used:
                 i3d_len[v] = i3d_files[v].shape[0]
         else:
+            self._loading(False, 0)  # an object array holds in memory only: refuse lazy before reading it
             videos = self._read_feature_file(source, n)
             for v in used:
                 videos[v] = self._check_i3d(videos[v], v, opts.feature_file)
@@ -446,7 +447,7 @@ class WTALDataset:
 
     def _read_feature_file(self, path: Path, n: int) -> list:
         if not path.is_file():
-            raise PECRError(f"I3D feature file {path} not found; download it as described in {README} or pass --feature-file")
+            raise PECRError(f"I3D feature file {path} not found; download it as described in {README} or set {origin(self.opts, 'feature_file')}")
         try:
             array = np.load(path, allow_pickle=True)
         except Exception as err:
@@ -482,7 +483,7 @@ class WTALDataset:
     def _clip_paths(self, videos: np.ndarray, split: dict[int, str]) -> list[Path]:
         root = Path(self.opts.clip_feature_dir)
         if not root.is_dir():
-            raise PECRError(f"CLIP feature folder {root} not found; extract CLIP features (see {README}) or pass --clip-feature-dir")
+            raise PECRError(f"CLIP feature folder {root} not found; extract CLIP features (see {README}) or set {origin(self.opts, 'clip_feature_dir')}")
         for name, flag in ((self.opts.clip_train_split, "--clip-train-split"), (self.opts.clip_test_split, "--clip-test-split")):
             if not (root / name).is_dir():
                 present = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "none"
