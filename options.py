@@ -243,7 +243,7 @@ def parse_args(argv: Sequence[str] | None = None, base: dict[str, Any] | None = 
     description (configs/datasets/<name>.yaml) or is its path. A YAML file given to ``--config``
     that sets no ``dataset`` but every key of a description is its own dataset description.
     ``base`` is a saved option dict (e.g. the one stored in a checkpoint, used by test.py); when it
-    names the dataset and holds every key of a description, the description file is not needed.
+    names the dataset and holds every key of a description, a missing description file is no error.
     """
     parser = build_parser()
     valid = {a.dest for a in parser._actions if a.dest != "help"}
@@ -255,9 +255,13 @@ def parse_args(argv: Sequence[str] | None = None, base: dict[str, Any] | None = 
     if explicit is None and first.config and is_description(yaml_values):
         explicit = first.config
     dataset = explicit or yaml_values.get("dataset") or base.get("dataset") or "thumos"
-    from_base_only = explicit is None and "dataset" not in yaml_values and "dataset" in base
-    description = {} if from_base_only and is_description({k: v for k, v in base.items() if k != "dataset"}) \
-        else load_description(dataset, valid)
+    try:
+        description = load_description(dataset, valid)
+    except PECRError:  # a saved run whose description is gone (moved, another machine) holds all it set
+        from_base_only = explicit is None and "dataset" not in yaml_values and "dataset" in base
+        if not (from_base_only and is_description({k: v for k, v in base.items() if k != "dataset"})):
+            raise
+        description = {}
     defaults = {**description, **base, **yaml_values, "dataset": dataset}
     parser.set_defaults(**defaults)
     opts = parser.parse_args(argv)

@@ -306,3 +306,16 @@ def test_convert_then_train_and_test_on_a_declared_protocol(tmp_path, clip_vocab
     assert saved["protocol"]["criterion"] == "mean 0.3:0.7" and saved["feature_loading"] == "lazy"
     assert test_cli.main(["--ckpt", str(out / "mine" / "best.pt"), "--out-dir", str(tmp_path / "t"), "--feature-loading", "memory"]) == 0
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["mAP"] == records[0]["mAP"]  # lazy and memory: the same pass
+
+
+def test_saved_options_without_the_description_file_and_from_before_phrase_files(tmp_path):
+    values = yaml.safe_load((options.DESCRIPTIONS / "activitynet.yaml").read_text())
+    desc = tmp_path / "mine.yaml"
+    desc.write_text(yaml.safe_dump(values))
+    saved = options.options_to_dict(options.parse_args(["--dataset", str(desc), "--lr", "0.5"]))
+    desc.unlink()  # the checkpoint's options still hold everything the description set
+    assert options.options_to_dict(options.parse_args([], base=saved)) == saved
+    with pytest.raises(PECRError, match="not found"):
+        options.parse_args(["--dataset", str(desc)])
+    old = {k: v for k, v in options.options_to_dict(options.parse_args([])).items() if k != "class_phrases"}
+    assert options.parse_args([], base=old).class_phrases == "configs/datasets/thumos_phrases.yaml"  # a run saved before phrase files
