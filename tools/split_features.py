@@ -4,8 +4,8 @@
         --annotations features/ActivityNet1.2-Annotations --out features/ActivityNet1.2/I3D
     python main.py --dataset activitynet --feature-file features/ActivityNet1.2/I3D [--feature-loading lazy]
 
-Row i of the object array is video i of ``<annotations>/videoname.npy``; it is written, unchanged
-(float32), to ``<out>/<video>.npy``. Each file is written atomically; existing files are kept
+Row i of the object array is video i of ``<annotations>/videoname.npy``; it is written as
+float32 to ``<out>/<video>.npy``. Each file is written atomically; existing files are kept
 unless ``--overwrite``.
 """
 from __future__ import annotations
