@@ -6,17 +6,28 @@
         ...
 
 On-disk layout (SPEC §1.1): ``opts.feature_file`` is an object ``.npy`` array holding one
-``(T_i, feature_size)`` array per video, in the order of ``<annotation_dir>/videoname.npy``;
-``<clip_feature_dir>/<split>/<video>.npy`` holds the ``(T_i, D_clip)`` CLIP features of one video
-(``split`` = ``opts.clip_train_split`` for training videos, ``opts.clip_test_split`` for test videos).
+``(T_i, feature_size)`` array per video, in the order of ``<annotation_dir>/videoname.npy``, or a
+folder of per-video ``<video>.npy`` files; ``<clip_feature_dir>/<split>/<video>.npy`` holds the
+``(T_i, D_clip)`` CLIP features of one video (``split`` = ``opts.clip_train_split`` for training
+videos, ``opts.clip_test_split`` for test videos).
 
-All features of the used videos are validated once and kept in two contiguous float32 arrays
-(rows of all videos stacked); batches are gathered from them with one fancy index, so nothing is
-re-read from disk during training.
+Two ways to hold the features of the used (train + test) videos (``opts.feature_loading``):
+
+* memory: every value is read and checked (finite, widths) at start and kept in two contiguous
+  float32 arrays (rows of all videos stacked); batches are gathered with one fancy index and
+  nothing is re-read from disk. Fastest; needs RAM for all features. The only way for an object
+  array feature file.
+* lazy (per-video files only): at start only the ``.npy`` headers are read and checked (2-D,
+  numeric, widths, lengths); each batch memory-maps the files of its videos and copies the rows it
+  needs, and every value read is checked (NaN / inf stop the run naming the video and snippet).
+  RAM holds the per-video index only, whatever the dataset size; the OS page cache keeps hot files.
+* auto (default): memory when the float32 features take at most ``opts.feature_memory_gb`` GiB
+  (THUMOS14: 1.6 GB), else lazy. Both give identical batches and test passes for the same seed.
 """
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,29 +36,63 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from options import origin, shipped_path
 from utils.errors import PECRError
 from utils.progress import progress
 
 README = "features/README.md"
 REQUIRED_ANNOTATIONS = ("classlist", "videoname", "subset", "duration", "segments", "labels", "labels_all")
 OPTIONAL_ANNOTATIONS = ("original_fps", "extracted_fps")
-_PHRASE_EXCEPTIONS = {"Shotput": "shot put"}  # THUMOS14 writes one word for the two-word sport
 
 
 def class_phrase(name: str) -> str:
-    """Class name -> lower-case words for the text prompt (SPEC §1.2).
+    """Class name -> lower-case words for the text prompt, the default rule (SPEC §1.2).
 
     ActivityNet names already contain spaces and are lower-cased ("Bathing dog" -> "bathing dog");
-    CamelCase THUMOS14 names are split at case changes ("CleanAndJerk" -> "clean and jerk"),
-    with the single exception Shotput -> "shot put".
+    CamelCase THUMOS14 names are split at case changes ("CleanAndJerk" -> "clean and jerk").
+    Exceptions (THUMOS14's Shotput -> "shot put") come from a phrase file: :func:`class_phrases`.
     """
     name = name.strip()
-    if name in _PHRASE_EXCEPTIONS:
-        return _PHRASE_EXCEPTIONS[name]
     if " " not in name:
         name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name)  # baseballPitch | BaseballPitch -> Baseball Pitch
         name = re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", " ", name)  # HTMLParser -> HTML Parser
     return " ".join(name.lower().split())
+
+
+def read_phrase_file(path: str | Path) -> dict[str, str]:
+    """A class-phrase file (YAML or JSON): a mapping of class names to the phrase of their prompt."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PECRError(f"class phrase file {path} not found; pass an existing YAML/JSON file to --class-phrases (or none)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise PECRError(f"class phrase file {path} is not valid YAML/JSON: {err}".replace("\n", " ")) from None
+    if not isinstance(data, dict) or not data:
+        raise PECRError(f"class phrase file {path} must hold a mapping of class names to phrases (Shotput: shot put)")
+    phrases = {}
+    for name, phrase in data.items():
+        if not isinstance(phrase, str) or not phrase.split():
+            raise PECRError(f"class phrase file {path}: the phrase of class {name!r} is {phrase!r}; give it some words")
+        phrases[str(name)] = " ".join(phrase.split())
+    return phrases
+
+
+def class_phrases(classlist: list[str], phrase_file: str | Path | None = None) -> list[str]:
+    """The prompt phrase of every class: from ``phrase_file`` when it names the class, else
+    :func:`class_phrase`'s rule. Classes of the file missing from ``classlist`` (a typo, or the
+    file of another dataset) are unused, with a warning naming them."""
+    if phrase_file is None:
+        return [class_phrase(c) for c in classlist]
+    path = shipped_path(phrase_file)
+    phrases = read_phrase_file(path)
+    unknown = [name for name in phrases if name not in classlist]
+    if unknown:
+        warnings.warn(f"class phrase file {phrase_file} names {len(unknown)} class(es) not in classlist.npy, unused: "
+                      f"{', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''}; fix the names or --class-phrases", stacklevel=2)
+    return [phrases.get(c, class_phrase(c)) for c in classlist]
 
 
 def random_perturb(rng: np.random.Generator, lengths: np.ndarray, seqlen: int) -> np.ndarray:
@@ -66,6 +111,94 @@ def random_perturb(rng: np.random.Generator, lengths: np.ndarray, seqlen: int) -
     high = np.minimum((i + 1) * lengths // seqlen, lengths - 1)  # inclusive; caps the last bin at T-1
     idx = rng.integers(low, np.maximum(high, low) + 1)
     return np.where(lengths == seqlen, i, idx)
+
+
+@dataclass(frozen=True)
+class NpyFile:
+    """Where the array of one ``.npy`` file lies: ``shape``, ``dtype``, byte ``offset``, ``fortran`` order."""
+
+    path: Path
+    shape: tuple
+    dtype: np.dtype
+    offset: int
+    fortran: bool
+
+    @classmethod
+    def read(cls, path: Path, kind: str, name: str, fix: str) -> "NpyFile":
+        """The header of ``path`` (the data are not read); PECRError naming the video when unreadable."""
+        try:
+            array = np.load(path, mmap_mode="r")
+            header = cls(Path(path), tuple(array.shape), array.dtype, int(array.offset), bool(array.flags.f_contiguous and array.ndim > 1))
+            del array
+        except Exception as err:
+            raise PECRError(f"cannot read {kind} features {path} of video {name} ({type(err).__name__}: {err}); {fix}".replace("\n", " ")) from None
+        if not np.issubdtype(header.dtype, np.number):
+            raise PECRError(f"{kind} features {path} of video {name} are {header.dtype}, not numbers; {fix}")
+        return header
+
+    def open(self) -> np.ndarray:
+        """The array, memory-mapped read-only (unmapped when the last reference goes)."""
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape,
+                         order="F" if self.fortran else "C")
+
+
+def check_finite(values: np.ndarray, kind: str, name: str, path, snippets: np.ndarray | None = None) -> None:
+    """PECRError naming the video and the first snippet (row of its file) holding NaN or inf.
+    ``values`` (T, W), or (L, W) rows ``snippets`` of the file."""
+    finite = np.isfinite(values).all(axis=-1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        t = row if snippets is None else int(snippets[row])
+        raise PECRError(f"{kind} features of video {name} in {path} contain NaN or inf (first at snippet {t}); re-extract that video's features")
+
+
+def read_checked(header: NpyFile, out: np.ndarray, kind: str, name: str) -> None:
+    """Copy the first ``len(out)`` rows of a per-video file into ``out`` (float32), checking every value."""
+    data = header.open()
+    out[:] = data[:len(out)]
+    del data
+    check_finite(out, kind, name, header.path)
+
+
+class MemoryFeatures:
+    """Features of all loaded videos stacked in one (rows, W) float32 array; ``offsets`` (N,) the first row of each video."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        self.data, self.offsets = data, offsets
+
+    def gather(self, videos: np.ndarray, snippets: np.ndarray) -> np.ndarray:
+        """(B, L, W) rows ``snippets`` (B, L) of ``videos`` (B,): one fancy index."""
+        return self.data[self.offsets[videos, None] + snippets]
+
+    def video(self, index: int, length: int) -> np.ndarray:
+        o = self.offsets[index]
+        return self.data[o:o + length]
+
+
+class LazyFeatures:
+    """Per-video ``.npy`` files, memory-mapped while a batch is gathered: RAM holds the headers only.
+
+    Every value read is checked (NaN / inf: PECRError naming the video and snippet)."""
+
+    def __init__(self, files: dict[int, NpyFile], names: list[str], kind: str, width: int):
+        self.files, self.names, self.kind, self.width = files, names, kind, width
+
+    def gather(self, videos: np.ndarray, snippets: np.ndarray) -> np.ndarray:
+        """(B, L, W) float32 rows ``snippets`` (B, L) of ``videos`` (B,), the same values as :class:`MemoryFeatures`."""
+        out = np.empty((*snippets.shape, self.width), dtype=np.float32)
+        for b, (v, rows) in enumerate(zip(videos, snippets)):
+            header = self.files[int(v)]
+            data = header.open()
+            out[b] = data[rows]
+            del data
+            check_finite(out[b], self.kind, self.names[v], header.path, rows)
+        return out
+
+    def video(self, index: int, length: int) -> np.ndarray:
+        """(T, W) float32: the first ``length`` rows of the video's file, checked."""
+        out = np.empty((length, self.width), dtype=np.float32)
+        read_checked(self.files[int(index)], out, self.kind, self.names[index])
+        return out
 
 
 @dataclass
@@ -107,17 +240,18 @@ def _tensor(array: np.ndarray, device) -> torch.Tensor:
     return tensor if device is None else tensor.to(device)
 
 
-def load_annotations(annotation_dir: str | Path) -> dict:
+def load_annotations(annotation_dir: str | Path, where: str = "--annotation-dir") -> dict:
     """Read and check a W-TALC annotation folder.
 
     Returns a dict: ``classlist`` list[str] (C), ``video_names`` / ``subsets`` list[str] (N),
     ``durations`` (N,) float64 seconds, ``segments`` list of (k_i, 2) float64 seconds,
     ``segment_labels`` list[list[str]] (one per segment), ``labels_all`` list[list[str]],
     and ``original_fps`` / ``extracted_fps`` (N,) arrays or None when the files are absent.
+    ``where``: the option (or description key) to name when the folder is missing.
     """
     folder = Path(annotation_dir)
     if not folder.is_dir():
-        raise PECRError(f"annotation folder {folder} not found; place the W-TALC annotations there (see {README}) or pass --annotation-dir")
+        raise PECRError(f"annotation folder {folder} not found; place the W-TALC annotations there (see {README}) or set {where}")
     raw = {}
     for key in REQUIRED_ANNOTATIONS + OPTIONAL_ANNOTATIONS:
         path = folder / f"{key}.npy"
@@ -186,9 +320,9 @@ class WTALDataset:
     def __init__(self, opts, clip_dim: int | None = None, progress: bool | None = None):
         self.opts = opts
         self.annotation_dir = Path(opts.annotation_dir)
-        ann = load_annotations(self.annotation_dir)
+        ann = load_annotations(self.annotation_dir, origin(opts, "annotation_dir"))
         self.classlist: list[str] = ann["classlist"]
-        self.class_phrases = [class_phrase(c) for c in self.classlist]
+        self.class_phrases = class_phrases(self.classlist, opts.class_phrases)
         self.num_classes = len(self.classlist)
         self.video_names: list[str] = ann["video_names"]
         self.subsets: list[str] = ann["subsets"]
@@ -216,22 +350,33 @@ class WTALDataset:
 
     # ------------------------------------------------------------------ loading
     def _load_features(self, train: np.ndarray, test: np.ndarray) -> None:
-        """Validate the I3D and CLIP features of the train/test videos and stack them (rows of all videos)."""
+        """Check the I3D and CLIP features of the train/test videos, then hold them in memory (stacked
+        rows of all videos) or as memory-mapped per-video files (see the module docstring)."""
         opts, n = self.opts, len(self.video_names)
-        videos = self._read_feature_file(Path(opts.feature_file), n)
         used = np.union1d(train, test)
         i3d_len = np.zeros(n, dtype=np.int64)
-        for v in used:
-            videos[v] = self._check_i3d(videos[v], v, opts.feature_file)
-            i3d_len[v] = len(videos[v])
+        source = Path(opts.feature_file)
+        if source.is_dir():  # per-video files: headers only
+            videos = None
+            i3d_files = self._i3d_headers(source, used)
+            for v in used:
+                i3d_len[v] = i3d_files[v].shape[0]
+        else:
+            self._loading(False, 0)  # an object array holds in memory only: refuse lazy before reading it
+            videos = self._read_feature_file(source, n)
+            for v in used:
+                videos[v] = self._check_i3d(videos[v], v, opts.feature_file)
+                i3d_len[v] = len(videos[v])
         min_len = max(1, int(opts.min_snippets))
         keep = self._keep(used[i3d_len[used] >= min_len], train, test)
 
         split = {int(v): opts.clip_train_split for v in train} | {int(v): opts.clip_test_split for v in test}
         clip_path = dict(zip(keep.tolist(), self._clip_paths(keep, split)))
         clip_len = i3d_len.copy()  # videos already too short keep their I3D length
+        clip_files = {}
         for v in keep:
-            clip_len[v] = self._clip_header(clip_path[v], self.video_names[v])
+            clip_files[v] = self._clip_header(clip_path[v], self.video_names[v])
+            clip_len[v] = clip_files[v].shape[0]
         mismatched = keep[i3d_len[keep] != clip_len[keep]]
         if mismatched.size:
             worst = int(np.abs(i3d_len[mismatched] - clip_len[mismatched]).max())
@@ -253,18 +398,45 @@ class WTALDataset:
         self.train_indices = np.intersect1d(train, keep)
         self.test_indices = np.intersect1d(test, keep)
 
-        self._offsets = np.full(n, -1, dtype=np.int64)
-        self._offsets[keep] = np.cumsum(self.lengths[keep]) - self.lengths[keep]
+        self.feature_loading = self._loading(videos is None, int(self.lengths.sum()))
+        if self.feature_loading == "lazy":
+            self._i3d = LazyFeatures({int(v): i3d_files[v] for v in keep}, self.video_names, "I3D", self.feature_size)
+            self._clip = LazyFeatures({int(v): clip_files[v] for v in keep}, self.video_names, "CLIP", self.clip_dim)
+            return
+        offsets = np.full(n, -1, dtype=np.int64)
+        offsets[keep] = np.cumsum(self.lengths[keep]) - self.lengths[keep]
         total = int(self.lengths.sum())
-        self._features = np.empty((total, self.feature_size), dtype=np.float32)
-        for v in keep:
-            o, t = self._offsets[v], self.lengths[v]
-            self._features[o:o + t] = videos[v][:t]
-            videos[v] = None  # release the loaded copy as we go
-        self._clip = np.empty((total, self.clip_dim), dtype=np.float32)
+        features = np.empty((total, self.feature_size), dtype=np.float32)
+        for v in self._bar(keep, "reading I3D features") if videos is None else keep:
+            o, t = offsets[v], self.lengths[v]
+            if videos is None:
+                read_checked(i3d_files[v], features[o:o + t], "I3D", self.video_names[v])
+            else:
+                features[o:o + t] = videos[v][:t]
+                videos[v] = None  # release the loaded copy as we go
+        clip = np.empty((total, self.clip_dim), dtype=np.float32)
         for v in self._bar(keep, "reading CLIP features"):
-            o, t = self._offsets[v], self.lengths[v]
-            self._read_clip(clip_path[int(v)], self._clip[o:o + t], self.video_names[v])
+            o, t = offsets[v], self.lengths[v]
+            read_checked(clip_files[v], clip[o:o + t], "CLIP", self.video_names[v])
+        self._i3d, self._clip = MemoryFeatures(features, offsets), MemoryFeatures(clip, offsets)
+
+    def _loading(self, per_video_files: bool, rows: int) -> str:
+        """``opts.feature_loading`` resolved: auto = memory up to ``opts.feature_memory_gb`` GiB, else lazy."""
+        opts = self.opts
+        if not per_video_files:
+            if opts.feature_loading == "lazy":
+                raise PECRError(f"--feature-loading lazy reads per-video files, but {opts.feature_file} is one object array "
+                                f"(read whole); split it with `python tools/split_features.py --features {opts.feature_file} "
+                                f"--annotations {self.annotation_dir} --out DIR` and pass --feature-file DIR")
+            return "memory"
+        if opts.feature_loading != "auto":
+            return opts.feature_loading
+        gib = rows * (self.feature_size + self.clip_dim) * 4 / 2**30
+        choice = "memory" if gib <= opts.feature_memory_gb else "lazy"
+        if choice == "lazy":  # say so: batches now read from disk (memory-mapped, page-cached)
+            print(f"features: {gib:.1f} GiB (float32) > --feature-memory-gb {opts.feature_memory_gb:g}: lazy loading "
+                  "(memory-mapped per-video files)", file=sys.stderr)
+        return choice
 
     def _some(self, videos: np.ndarray, shown: int = 5) -> str:
         """The names of the first ``shown`` of ``videos`` (ids), and how many more."""
@@ -286,7 +458,7 @@ class WTALDataset:
 
     def _read_feature_file(self, path: Path, n: int) -> list:
         if not path.is_file():
-            raise PECRError(f"I3D feature file {path} not found; download it as described in {README} or pass --feature-file")
+            raise PECRError(f"I3D feature file {path} not found; download it as described in {README} or set {origin(self.opts, 'feature_file')}")
         try:
             array = np.load(path, allow_pickle=True)
         except Exception as err:
@@ -322,7 +494,7 @@ class WTALDataset:
     def _clip_paths(self, videos: np.ndarray, split: dict[int, str]) -> list[Path]:
         root = Path(self.opts.clip_feature_dir)
         if not root.is_dir():
-            raise PECRError(f"CLIP feature folder {root} not found; extract CLIP features (see {README}) or pass --clip-feature-dir")
+            raise PECRError(f"CLIP feature folder {root} not found; extract CLIP features (see {README}) or set {origin(self.opts, 'clip_feature_dir')}")
         for name, flag in ((self.opts.clip_train_split, "--clip-train-split"), (self.opts.clip_test_split, "--clip-test-split")):
             if not (root / name).is_dir():
                 present = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "none"
@@ -335,12 +507,10 @@ class WTALDataset:
                             f"check --clip-feature-dir, --clip-train-split, --clip-test-split (see {README})")
         return paths
 
-    def _clip_header(self, path: Path, name: str) -> int:
+    def _clip_header(self, path: Path, name: str) -> NpyFile:
         """Shape check from the .npy header only (the data are read later, straight into place)."""
-        try:
-            shape = np.load(path, mmap_mode="r").shape
-        except Exception as err:
-            raise PECRError(f"cannot read CLIP features {path} of video {name} ({type(err).__name__}: {err}); re-extract them".replace("\n", " ")) from None
+        header = NpyFile.read(path, "CLIP", name, "re-extract them")
+        shape = header.shape
         if len(shape) != 2:
             raise PECRError(f"CLIP features {path} of video {name} have shape {shape}; expected a 2-D (snippets x clip_dim) array")
         if self.clip_dim is None:
@@ -348,17 +518,25 @@ class WTALDataset:
         elif shape[1] != self.clip_dim:
             raise PECRError(f"CLIP features {path} of video {name} are {shape[1]} wide but the CLIP model's embedding is {self.clip_dim}; "
                             "use features of the chosen --clip-backbone (or the backbone of these features)")
-        return int(shape[0])
+        return header
 
-    def _read_clip(self, path: Path, out: np.ndarray, name: str) -> None:
-        data = np.load(path, mmap_mode="r")
-        if not np.issubdtype(data.dtype, np.number):
-            raise PECRError(f"CLIP features {path} of video {name} are {data.dtype}, not numbers; re-extract them")
-        out[:] = data[:len(out)]
-        del data
-        if not np.isfinite(out).all():
-            t = int(np.argwhere(~np.isfinite(out))[0, 0])
-            raise PECRError(f"CLIP features {path} of video {name} contain NaN or inf (first at snippet {t}); re-extract that video's features")
+    def _i3d_headers(self, folder: Path, videos: np.ndarray) -> dict[int, NpyFile]:
+        """Headers of ``<folder>/<video>.npy`` of the used videos, checked (2-D, numeric, ``feature_size`` wide)."""
+        paths = {int(v): folder / f"{self.video_names[v]}.npy" for v in videos}
+        missing = [p for p in paths.values() if not p.is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise PECRError(f"I3D features {missing[0]} not found{more}; a feature folder needs <video>.npy for every train/test video "
+                            f"of {self.annotation_dir / 'videoname.npy'} (see {README}) or pass --feature-file")
+        headers = {}
+        for v, path in paths.items():
+            header = headers[v] = NpyFile.read(path, "I3D", self.video_names[v], "re-extract them")
+            if len(header.shape) != 2:
+                raise PECRError(f"I3D features {path} of video {self.video_names[v]} have shape {header.shape}; expected a 2-D (snippets x {self.feature_size}) array")
+            if header.shape[1] != self.feature_size:
+                raise PECRError(f"I3D features {path} of video {self.video_names[v]} are {header.shape[1]} wide but --feature-size is "
+                                f"{self.feature_size}; set --feature-size {header.shape[1]} or use matching features")
+        return headers
 
     # ------------------------------------------------------------------ access
     @property
@@ -370,11 +548,11 @@ class WTALDataset:
         return len(self.test_indices)
 
     def video_features(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Views (T, F) and (T, D) of one loaded video's features (do not modify them)."""
-        o, t = self._offsets[index], self.lengths[index]
-        if o < 0:
+        """(T, F) and (T, D) float32 features of one loaded video (in memory: views, do not modify them)."""
+        t = int(self.lengths[index])
+        if t == 0:
             raise KeyError(f"video {self.video_names[index]} is not loaded (not in the train/test subsets or too short)")
-        return self._features[o:o + t], self._clip[o:o + t]
+        return self._i3d.video(index, t), self._clip.video(index, t)
 
     def sample_videos(self, rng: np.random.Generator) -> np.ndarray:
         """(batch_size,) training video ids (SPEC §1.3).
@@ -397,10 +575,10 @@ class WTALDataset:
         """Sample a batch and resample every video to ``max_seqlen`` snippets by random perturbation;
         the same snippet indices select I3D and CLIP rows."""
         idx = self.sample_videos(rng)
-        rows = self._offsets[idx, None] + random_perturb(rng, self.lengths[idx], int(self.opts.max_seqlen))
+        rows = random_perturb(rng, self.lengths[idx], int(self.opts.max_seqlen))
         return TrainBatch(
-            features=_tensor(self._features[rows], device),
-            clip_features=_tensor(self._clip[rows], device),
+            features=_tensor(self._i3d.gather(idx, rows), device),
+            clip_features=_tensor(self._clip.gather(idx, rows), device),
             labels=_tensor(self.labels[idx], device),
             indices=idx,
         )

@@ -1,15 +1,19 @@
 """Every hyper-parameter of PECR in one argparse parser.
 
-Precedence (lowest to highest): built-in THUMOS14 defaults < dataset preset
-(``--dataset``) < YAML experiment file (``--config``) < command line.
+Precedence (lowest to highest): built-in defaults < dataset description (``--dataset``) < YAML
+experiment file (``--config``) < command line.
 
-    opts = parse_args()                         # from sys.argv
+    opts = parse_args()                         # from sys.argv (THUMOS14)
     opts = parse_args(["--dataset", "activitynet", "--lr", "1e-4"])
+    opts = parse_args(["--dataset", "data/MyData.yaml"])          # a dataset of your own
     save_options(opts, "outputs/run/options.yaml")
     same = parse_args(["--config", "outputs/run/options.yaml"])   # exact round trip
 
-Editing the defaults below (or a file in ``configs/``) is how ablations are run.
-Section numbers refer to SPEC.md.
+A dataset description (configs/datasets/<name>.yaml, or any path) is a YAML file of option values:
+the data, the evaluation protocol and the training presets to start from (:data:`DATASET_KEYS`,
+:data:`PRESET_KEYS`, which the parser leaves unset), and optionally any other option. Editing the
+defaults below (or a file in ``configs/``) is how ablations are run. Section numbers refer to
+docs/method.md.
 """
 from __future__ import annotations
 
@@ -22,56 +26,18 @@ import yaml
 
 from utils.errors import PECRError
 
-DATASETS = ("thumos", "activitynet", "synthetic")
+ROOT = Path(__file__).resolve().parent
+DESCRIPTIONS = ROOT / "configs" / "datasets"
+DATASETS = ("thumos", "activitynet", "synthetic")  # shipped descriptions: configs/datasets/<name>.yaml
 THUMOS_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 ANET_TIOU = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 
-# Per-dataset values that differ from the THUMOS14 defaults of the parser (SPEC §1, §3, §4).
-PRESETS: dict[str, dict[str, Any]] = {
-    "thumos": {},
-    "activitynet": {
-        "feature_file": "features/ActivityNet1.2/ActivityNet1.2-I3D-JOINTFeatures.npy",
-        "annotation_dir": "features/ActivityNet1.2-Annotations",
-        "clip_feature_dir": "features/ActivityNet1.2-CLIP",
-        "ambiguous_file": None,
-        "train_subset": "training",
-        "test_subset": "validation",
-        "min_snippets": 11,
-        "protocol": "activitynet",
-        "tiou_thresholds": ANET_TIOU,
-        "max_seqlen": 60,
-        "train_topk": 5,
-        "k_easy": 3,
-        "k_hard": 3,
-        "mining_m": 12,
-        "lr": 3e-5,
-        "weight_decay": 5e-5,
-        "max_iter": 22001,
-        "interval": 1000,
-        "warmup_iter": 10000,
-    },
-    # Small planted-signal dataset generated on first use (tools/make_synthetic.py):
-    # narrow features, a tiny random CLIP, a schedule that trains in about a minute on 2 CPU cores.
-    "synthetic": {
-        "feature_file": "features/synthetic/Synthetic/Synthetic-I3D-JOINTFeatures.npy",
-        "annotation_dir": "features/synthetic/Synthetic-Annotations",
-        "clip_feature_dir": "features/synthetic/Synthetic-CLIP",
-        "ambiguous_file": None,
-        "synthetic_generate": True,
-        "feature_size": 256,
-        "clip_backbone": "random-tiny",
-        "synthetic_videos": 200,
-        "synthetic_difficulty": 0.3,
-        "max_seqlen": 64,
-        "lr": 1e-3,
-        "max_iter": 1001,
-        "interval": 1000,
-        "warmup_iter": 0,
-        "eval_at_start": True,
-        "mining_m": 8,
-        "alpha4": 20.0,
-    },
-}
+# What every dataset description must set (the parser leaves them unset): the data, the protocol
+# and the training presets to start from. Descriptions may set any other option too.
+DATASET_KEYS = ("feature_file", "annotation_dir", "clip_feature_dir", "train_subset", "test_subset",
+                "feature_size", "feature_fps", "snippet_frames", "protocol", "tiou_thresholds")
+PRESET_KEYS = ("max_seqlen", "train_topk", "k_easy", "k_hard", "mining_m", "lr", "weight_decay",
+               "max_iter", "interval", "warmup_iter")
 
 
 def _str2bool(value: str | bool) -> bool:
@@ -97,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     B = _str2bool
 
     g = p.add_argument_group("run")
-    g.add_argument("--dataset", choices=DATASETS, default="thumos", help="dataset preset selecting per-dataset defaults")
+    g.add_argument("--dataset", default="thumos", help=f"dataset description giving the per-dataset defaults: {', '.join(DATASETS)} (configs/datasets/<name>.yaml) or the path of a description .yaml")
     g.add_argument("--config", type=str, default=None, help="YAML experiment file; its keys are option names")
     g.add_argument("--model-name", dest="model_name", default="PECR", help="run name: outputs go to <output-dir>/<model-name>/")
     g.add_argument("--output-dir", dest="output_dir", default="outputs", help="root folder of run outputs")
@@ -107,21 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", type=B, nargs="?", const=True, default=False, help="continue the run in <output-dir>/<model-name>/ from its last checkpoint")
 
     g = p.add_argument_group("data (SPEC §1)")
-    g.add_argument("--feature-file", dest="feature_file", default="features/Thumos14reduced/Thumos14reduced-I3D-JOINTFeatures.npy", help="object .npy array of per-video I3D joint features (T_i x feature_size)")
-    g.add_argument("--annotation-dir", dest="annotation_dir", default="features/Thumos14reduced-Annotations", help="W-TALC annotation folder (classlist.npy, videoname.npy, ...)")
-    g.add_argument("--clip-feature-dir", dest="clip_feature_dir", default="features/Thumos14reduced-CLIP", help="folder holding <split>/<videoname>.npy CLIP snippet features")
+    g.add_argument("--feature-file", dest="feature_file", default=None, help="I3D joint features (T_i x feature_size per video): an object .npy array in videoname.npy order, or a folder of <video>.npy files")
+    g.add_argument("--feature-loading", dest="feature_loading", choices=("auto", "memory", "lazy"), default="auto", help="memory: every feature read, checked and stacked in RAM at start (fastest batches); lazy: per-video files memory-mapped and read when used (RAM does not grow with the dataset; needs a feature folder); auto: memory up to --feature-memory-gb, else lazy")
+    g.add_argument("--feature-memory-gb", dest="feature_memory_gb", type=float, default=4.0, help="auto loading: the largest I3D + CLIP feature size (GiB, float32) loaded into memory")
+    g.add_argument("--annotation-dir", dest="annotation_dir", default=None, help="W-TALC annotation folder (classlist.npy, videoname.npy, ...)")
+    g.add_argument("--clip-feature-dir", dest="clip_feature_dir", default=None, help="folder holding <split>/<videoname>.npy CLIP snippet features")
     g.add_argument("--clip-train-split", dest="clip_train_split", default="train", help="sub-folder of --clip-feature-dir with the training videos")
     g.add_argument("--clip-test-split", dest="clip_test_split", default="test", help="sub-folder of --clip-feature-dir with the test videos")
     g.add_argument("--ambiguous-file", dest="ambiguous_file", type=_optional_path, default="auto", help="THUMOS14 ambiguous regions excluded from evaluation: auto = <annotation-dir>/Ambiguous_test.txt when present, a path, or none")
-    g.add_argument("--train-subset", dest="train_subset", default="validation", help="subset.npy value of the training videos")
-    g.add_argument("--test-subset", dest="test_subset", default="test", help="subset.npy value of the test videos")
+    g.add_argument("--class-phrases", dest="class_phrases", type=_optional_path, default=None, help="YAML/JSON file mapping class names to the phrase of their text prompt; other classes (or none: all) use the default rule, CamelCase split and lower-cased")
+    g.add_argument("--train-subset", dest="train_subset", default=None, help="subset.npy value of the training videos")
+    g.add_argument("--test-subset", dest="test_subset", default=None, help="subset.npy value of the test videos")
     g.add_argument("--min-snippets", dest="min_snippets", type=int, default=0, help="drop videos with fewer snippets (ActivityNet1.2: 11, i.e. drop <= 10)")
-    g.add_argument("--feature-size", dest="feature_size", type=int, default=2048, help="I3D feature width: first half RGB, second half flow")
-    g.add_argument("--feature-fps", dest="feature_fps", type=float, default=25.0, help="frame rate of the feature extraction")
-    g.add_argument("--snippet-frames", dest="snippet_frames", type=int, default=16, help="frames per snippet (seconds = snippet * frames / fps)")
+    g.add_argument("--feature-size", dest="feature_size", type=int, default=None, help="I3D feature width: first half RGB, second half flow")
+    g.add_argument("--feature-fps", dest="feature_fps", type=float, default=None, help="frame rate of the feature extraction")
+    g.add_argument("--snippet-frames", dest="snippet_frames", type=int, default=None, help="frames per snippet (seconds = snippet * frames / fps)")
     g.add_argument("--batch-size", dest="batch_size", type=int, default=10, help="videos per training batch")
     g.add_argument("--num-similar", dest="num_similar", type=int, default=3, help="pairs of videos sharing a class at the head of each batch")
-    g.add_argument("--max-seqlen", dest="max_seqlen", type=int, default=320, help="snippets per training video after random perturbation")
+    g.add_argument("--max-seqlen", dest="max_seqlen", type=int, default=None, help="snippets per training video after random perturbation")
 
     g = p.add_argument_group("synthetic data (tools/make_synthetic.py)")
     g.add_argument("--synthetic-generate", dest="synthetic_generate", type=B, default=False, help="generate the synthetic dataset at the data paths when it is missing")
@@ -148,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-sampling", dest="test_sampling", choices=("sample", "mean"), default="sample", help="sample: K seeded samples at test time as released; mean: z = mu")
 
     g = p.add_argument_group("losses (SPEC §3)")
-    g.add_argument("--train-topk", dest="train_topk", type=int, default=7, help="MIL k = max(1, T // train_topk)")
+    g.add_argument("--train-topk", dest="train_topk", type=int, default=None, help="MIL k = max(1, T // train_topk)")
     g.add_argument("--alpha0", type=float, default=0.8, help="weight of the MIL classification loss")
     g.add_argument("--alpha1", type=float, default=0.8, help="weight of the attention norm loss")
     g.add_argument("--alpha2", type=float, default=0.8, help="weight of the guide loss")
@@ -159,21 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha7", type=float, default=0.5, help="weight of the text orthogonality loss")
     g.add_argument("--suppress-min", dest="suppress_min", choices=("class", "time"), default="class", help="suppressed CAS S = A(CAS - min) + min with the min over the C+1 classes of each snippet (the release and CO2-Net) or over time per class")
     g.add_argument("--coactivity-margin", dest="coactivity_margin", type=float, default=0.5, help="margin of the co-activity hinge")
-    g.add_argument("--k-easy", dest="k_easy", type=int, default=20, help="easy action / background snippets per video")
-    g.add_argument("--k-hard", dest="k_hard", type=int, default=5, help="hard action / background snippets per video")
+    g.add_argument("--k-easy", dest="k_easy", type=int, default=None, help="easy action / background snippets per video")
+    g.add_argument("--k-hard", dest="k_hard", type=int, default=None, help="hard action / background snippets per video")
     g.add_argument("--mining-dropout", dest="mining_dropout", type=float, default=0.6, help="dropout probability of the easy-mining mask")
     g.add_argument("--mining-M", dest="mining_M", type=int, default=3, help="M, first erosion/dilation width of hard mining")
-    g.add_argument("--mining-m", dest="mining_m", type=int, default=24, help="m, second erosion/dilation width of hard mining")
+    g.add_argument("--mining-m", dest="mining_m", type=int, default=None, help="m, second erosion/dilation width of hard mining")
     g.add_argument("--hard-mining", dest="hard_mining", choices=("reference", "ring"), default="reference", help="reference: the release's {0,-1} masks; ring: the intended inner/outer rings")
     g.add_argument("--metric", choices=("kl", "bhattacharyya", "mahalanobis", "euclidean"), default="kl", help="distance between diagonal Gaussians")
     g.add_argument("--var-eps", dest="var_eps", type=float, default=1e-5, help="added to v to form sigma^2")
 
     g = p.add_argument_group("optimisation (SPEC §4)")
-    g.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate")
-    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=1e-3, help="Adam weight decay")
-    g.add_argument("--max-iter", dest="max_iter", type=int, default=9001, help="training iterations (0 .. max_iter-1)")
-    g.add_argument("--interval", type=int, default=50, help="evaluate every this many iterations once past --warmup-iter")
-    g.add_argument("--warmup-iter", dest="warmup_iter", type=int, default=3000, help="no evaluation up to this iteration")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=None, help="Adam weight decay")
+    g.add_argument("--max-iter", dest="max_iter", type=int, default=None, help="training iterations (0 .. max_iter-1)")
+    g.add_argument("--interval", type=int, default=None, help="evaluate every this many iterations once past --warmup-iter")
+    g.add_argument("--warmup-iter", dest="warmup_iter", type=int, default=None, help="no evaluation up to this iteration")
     g.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=500, help="also write last.pt (the --resume point) every this many iterations")
     g.add_argument("--eval-at-start", dest="eval_at_start", type=B, default=False, help="also evaluate the untrained model at iteration 0")
 
@@ -193,57 +162,135 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cls-topk", dest="cls_topk", choices=("release", "paper"), default="release", help="classification k: release = 1 (max over time), paper = ceil(T/8)")
 
     g = p.add_argument_group("evaluation (SPEC §6)")
-    g.add_argument("--protocol", choices=("thumos", "activitynet"), default="thumos", help="reported thresholds, averages and best-checkpoint criterion")
-    g.add_argument("--tiou-thresholds", dest="tiou_thresholds", type=float, nargs="+", default=THUMOS_TIOU, help="tIoU thresholds of detection mAP")
+    g.add_argument("--protocol", choices=("thumos", "activitynet"), default=None, help="reported thresholds, averages and best-checkpoint criterion; a YAML file (e.g. a dataset description) may give its own as a mapping {reported, averages, criterion} (see eval/report.py)")
+    g.add_argument("--tiou-thresholds", dest="tiou_thresholds", type=float, nargs="+", default=None, help="tIoU thresholds of detection mAP")
     g.add_argument("--save-raw", dest="save_raw", type=B, default=False, help="also write raw_predictions.npz (per-video CAS, attention A, A_V, A_F and what re-scoring needs) beside detections.json: test.py, and training's final evaluation in the run folder; re-score with python -m eval.rescore, plot with tools/visualize.py")
     g.add_argument("--raw-dtype", dest="raw_dtype", choices=("float32", "float16"), default="float32", help="precision of the arrays of raw_predictions.npz: float32 re-scores exactly, float16 halves the file and re-scores approximately")
     return p
 
 
-def _load_yaml(path: str, valid_keys: set[str]) -> dict[str, Any]:
+def _load_yaml(path: str | Path, valid_keys: set[str], what: str = "config file", fix: str = "pass an existing YAML file to --config (see configs/)") -> dict[str, Any]:
     if not Path(path).is_file():
-        raise PECRError(f"config file {path} not found; pass an existing YAML file to --config (see configs/)")
+        raise PECRError(f"{what} {path} not found; {fix}")
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as err:
-        raise PECRError(f"config file {path} is not valid YAML: {err}".replace("\n", " ")) from None
+        raise PECRError(f"{what} {path} is not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(data, dict):
-        raise PECRError(f"config file {path} must hold a mapping of option names to values")
+        raise PECRError(f"{what} {path} must hold a mapping of option names to values")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - valid_keys)
     if unknown:
-        raise PECRError(f"config file {path}: unknown option {unknown[0]!r}; option names are listed by `python main.py --help`")
+        raise PECRError(f"{what} {path}: unknown option {unknown[0]!r}; option names are listed by `python main.py --help`")
     data.pop("config", None)
     return data
 
 
-def parse_args(argv: Sequence[str] | None = None, base: dict[str, Any] | None = None) -> argparse.Namespace:
-    """Resolve the options: defaults < preset < ``base`` < YAML < command line, then check every
-    value against :data:`RANGES` and :func:`check_consistency` (PECRError naming the option).
+def shipped_path(path: str | os.PathLike) -> Path:
+    """A relative path as given when it exists from the current directory, else inside the PECR
+    checkout when it exists there (the files shipped in configs/), else as given."""
+    given = Path(path)
+    if given.exists() or given.is_absolute() or not (ROOT / given).exists():
+        return given
+    return ROOT / given
 
-    ``base`` is a saved option dict (e.g. the one stored in a checkpoint, used by test.py).
+
+def shown(path: Path) -> str:
+    """A path for messages: files of the checkout relative to it (configs/datasets/thumos.yaml)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT)) if Path(path).is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
+def description_path(dataset: str) -> Path:
+    """``--dataset`` value -> its description file: a name (configs/datasets/<name>.yaml) or a path."""
+    if not isinstance(dataset, str) or not dataset:
+        raise PECRError(f"dataset {dataset!r}: expected a dataset name ({', '.join(DATASETS)}) or the path of a description .yaml")
+    if "/" not in dataset and "\\" not in dataset and not dataset.endswith((".yaml", ".yml", ".json")):
+        path = DESCRIPTIONS / f"{dataset}.yaml"
+        if not path.is_file():
+            raise PECRError(f"--dataset {dataset}: no such dataset; use one of {', '.join(DATASETS)} "
+                            f"(configs/datasets/<name>.yaml) or the path of a dataset description .yaml")
+        return path
+    return shipped_path(dataset)
+
+
+def load_description(dataset: str, valid_keys: set[str]) -> dict[str, Any]:
+    """The option values of a dataset description (see configs/datasets/thumos.yaml): every key of
+    :data:`DATASET_KEYS` and :data:`PRESET_KEYS`, optionally any other option but ``dataset``."""
+    path = description_path(dataset)
+    values = _load_yaml(path, valid_keys, "dataset description",
+                        f"pass --dataset {', '.join(DATASETS)} or the path of a description .yaml (copy configs/datasets/thumos.yaml)")
+    for key in ("dataset", "resume"):
+        if key in values:
+            raise PECRError(f"dataset description {path}: {key!r} cannot be set in a description; remove it")
+    missing = [k for k in DATASET_KEYS + PRESET_KEYS if k not in values]
+    if missing:
+        raise PECRError(f"dataset description {path} lacks {', '.join(missing)}; every description sets "
+                        f"the data, protocol and training presets (copy them from configs/datasets/thumos.yaml)")
+    return values
+
+
+def is_description(values: dict[str, Any]) -> bool:
+    """Whether an experiment file's values make a complete dataset description (and name no dataset)."""
+    return "dataset" not in values and all(k in values for k in DATASET_KEYS + PRESET_KEYS)
+
+
+def parse_args(argv: Sequence[str] | None = None, base: dict[str, Any] | None = None) -> argparse.Namespace:
+    """Resolve the options: defaults < dataset description < ``base`` < YAML < command line, then
+    check every value against :data:`RANGES` and :func:`check_consistency` (PECRError naming the option).
+
+    The dataset (``--dataset``, else ``dataset`` in the YAML file or ``base``, else thumos) names a
+    description (configs/datasets/<name>.yaml) or is its path. A YAML file given to ``--config``
+    that sets no ``dataset`` but every key of a description is its own dataset description.
+    ``base`` is a saved option dict (e.g. the one stored in a checkpoint, used by test.py); when it
+    names the dataset and holds every key of a description, a missing description file is no error.
     """
     parser = build_parser()
     valid = {a.dest for a in parser._actions if a.dest != "help"}
     front = _front_parser(parser)
-    first, _ = front.parse_known_args(argv)  # no --help yet: it must show the preset's defaults
+    first, _ = front.parse_known_args(argv)  # no --help yet: it must show the description's defaults
     yaml_values = _load_yaml(first.config, valid) if first.config else {}
     base = {k: v for k, v in (base or {}).items() if k in valid and k != "config"}
     explicit = first.dataset if _given_on_command_line(front, argv, "dataset") else None
+    if explicit is None and first.config and is_description(yaml_values):
+        explicit = first.config
     dataset = explicit or yaml_values.get("dataset") or base.get("dataset") or "thumos"
-    if dataset not in DATASETS:
-        raise PECRError(f"config file {first.config}: dataset {dataset!r} is not one of {', '.join(DATASETS)}")
-    defaults = {**PRESETS[dataset], **base, **yaml_values, "dataset": dataset}
+    try:
+        description = load_description(dataset, valid)
+    except PECRError:  # a saved run whose description is gone (moved, another machine) holds all it set
+        from_base_only = explicit is None and "dataset" not in yaml_values and "dataset" in base
+        if not (from_base_only and is_description({k: v for k, v in base.items() if k != "dataset"})):
+            raise
+        description = {}
+    defaults = {**description, **base, **yaml_values, "dataset": dataset}
     parser.set_defaults(**defaults)
     opts = parser.parse_args(argv)
     given = _given_on_command_line(parser, argv)
+    where = shown(description_path(dataset)) if description else None
     source = lambda key: (f"--{key.replace('_', '-')}" if key in given
                           else f"{key} in {first.config}" if key in yaml_values
-                          else f"{key} in the checkpoint's options" if key in base else f"--{key.replace('_', '-')}")
+                          else f"{key} in the checkpoint's options" if key in base
+                          else f"{key} in {where}" if key in description else f"--{key.replace('_', '-')}")
     check_types(parser, opts, source)
     check_ranges(opts, source)
-    check_consistency(opts)
+    check_consistency(opts, source)
     return opts
+
+
+def origin(opts: argparse.Namespace, key: str) -> str:
+    """For error messages: ``"<key> in <description file>"`` when the value of option ``key`` is the
+    one its dataset description sets, else the command-line flag (``--key``)."""
+    flag = f"--{key.replace('_', '-')}"
+    try:
+        path = description_path(opts.dataset)
+        values = yaml.safe_load(path.read_text()) or {}
+    except Exception:  # noqa: BLE001 -- no readable description: the flag is the way to change it
+        return flag
+    if isinstance(values, dict) and key in values and values[key] == getattr(opts, key, None):
+        return f"{key} in {shown(path)} (or {flag})"
+    return flag
 
 
 def _front_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -265,6 +312,7 @@ RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "seed": (0, 2**32 - 1, CLOSED),
     # data
     "min_snippets": (0, None, CLOSED),
+    "feature_memory_gb": (0, None, CLOSED),
     "feature_size": (4, None, CLOSED),           # and a multiple of 4 (check_consistency)
     "feature_fps": (0, None, OPEN),
     "snippet_frames": (1, None, CLOSED),
@@ -356,6 +404,11 @@ def check_types(parser: argparse.ArgumentParser, opts: argparse.Namespace, sourc
             continue
         if value is None and kind is _optional_path:
             continue
+        if key == "protocol" and isinstance(value, dict):  # a protocol of its own (YAML files only)
+            from eval.report import resolve_protocol
+
+            resolve_protocol(value, source(key))
+            continue
         value = _typed(value, kind, key, source)
         if action.choices is not None and value not in action.choices:
             raise PECRError(f"{source(key)}: {value!r} is not one of {', '.join(map(str, action.choices))}")
@@ -391,7 +444,7 @@ def check_ranges(opts: argparse.Namespace, source=lambda k: k) -> None:
                 raise PECRError(f"{source(key)} {value!r} is out of range: it must be {_describe(low, high, bounds)}")
 
 
-def check_consistency(opts: argparse.Namespace) -> None:
+def check_consistency(opts: argparse.Namespace, source=lambda k: f"--{k.replace('_', '-')}") -> None:
     """Constraints between options (each message names them and the fix)."""
     if opts.feature_size % 4:
         raise PECRError(f"--feature-size {opts.feature_size} must be a multiple of 4 (RGB | flow halves, hidden width F/4)")
@@ -401,14 +454,14 @@ def check_consistency(opts: argparse.Namespace) -> None:
     if opts.cas_s > opts.cas_e or opts.act_s > opts.act_e:
         raise PECRError(f"threshold ranges must run upwards: --cas-s {opts.cas_s:g} --cas-e {opts.cas_e:g}, "
                         f"--act-s {opts.act_s:g} --act-e {opts.act_e:g}")
-    from eval.report import PROTOCOLS
+    from eval.report import resolve_protocol
 
-    reported, averages = PROTOCOLS[opts.protocol]
-    needed = sorted({*reported, *(t for ts in averages.values() for t in ts)})
+    protocol = resolve_protocol(opts.protocol, source("protocol"))
+    needed = sorted({*protocol.reported, *(t for ts in protocol.averages.values() for t in ts)})
     missing = [t for t in needed if not any(abs(t - x) < 1e-9 for x in opts.tiou_thresholds)]
     if missing:
-        raise PECRError(f"--tiou-thresholds {' '.join(f'{t:g}' for t in opts.tiou_thresholds)} lacks {', '.join(f'{t:g}' for t in missing)}, "
-                        f"which the {opts.protocol} protocol reports (--protocol); add them")
+        raise PECRError(f"{source('tiou_thresholds')} {' '.join(f'{t:g}' for t in opts.tiou_thresholds)} lacks {', '.join(f'{t:g}' for t in missing)}, "
+                        f"which the {protocol.name} protocol reports ({source('protocol')}); add them")
 
 
 def _given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None, dest: str | None = None):

@@ -15,6 +15,8 @@ from options import parse_args
 from tools.make_synthetic import generate
 from utils.errors import PECRError
 
+ROOT = Path(__file__).resolve().parents[1]
+
 SPEC_PHRASES = {  # SPEC §1.2, verbatim
     "BaseballPitch": "baseball pitch", "BasketballDunk": "basketball dunk", "Billiards": "billiards",
     "CleanAndJerk": "clean and jerk", "CliffDiving": "cliff diving", "CricketBowling": "cricket bowling",
@@ -60,7 +62,8 @@ def write_dataset(root: Path, features: list, clip: list, labels_all: list, subs
 
 def make_opts(paths: dict, *extra: str, feature_size: int) -> object:
     argv = ["--feature-file", str(paths["feature_file"]), "--annotation-dir", str(paths["annotation_dir"]),
-            "--clip-feature-dir", str(paths["clip_feature_dir"]), "--feature-size", str(feature_size), *extra]
+            "--clip-feature-dir", str(paths["clip_feature_dir"]), "--feature-size", str(feature_size),
+            "--class-phrases", "none", *extra]
     return parse_args(argv)
 
 
@@ -88,14 +91,19 @@ def coded(tmp_path):
 
 # ----------------------------------------------------------------------------- class phrases (SPEC §1.2)
 def test_class_phrase_matches_spec_table_for_all_thumos_names():
-    for name, phrase in SPEC_PHRASES.items():
-        assert class_phrase(name) == phrase
+    """The default rule gives every THUMOS14 phrase but one; the THUMOS14 description's phrase file has that one."""
+    phrase_file = parse_args(["--dataset", "thumos"]).class_phrases
+    assert phrase_file == "configs/datasets/thumos_phrases.yaml"
+    names = list(SPEC_PHRASES)
+    assert ds.class_phrases(names, phrase_file) == [SPEC_PHRASES[n] for n in names]
+    assert [n for n in names if class_phrase(n) != SPEC_PHRASES[n]] == ["Shotput"]
+    assert ds.read_phrase_file(ROOT / phrase_file) == {"Shotput": "shot put"}
 
 
 def test_class_phrase_real_thumos_classlist(thumos_annotations):
     classes = [c.decode() for c in np.load(thumos_annotations / "classlist.npy")]
     assert sorted(classes) == sorted(SPEC_PHRASES)
-    assert [class_phrase(c) for c in classes] == [SPEC_PHRASES[c] for c in classes]
+    assert ds.class_phrases(classes, parse_args([]).class_phrases) == [SPEC_PHRASES[c] for c in classes]
 
 
 def test_class_phrase_activitynet_names_are_lower_cased(anet_annotations):
@@ -353,7 +361,7 @@ def test_loader_on_real_thumos_annotations(tmp_path, thumos_annotations):
     root = tmp_path
     paths = {"feature_file": root / "T" / "T-I3D-JOINTFeatures.npy", "annotation_dir": root / "T-Annotations", "clip_feature_dir": root / "T-CLIP"}
     generate(**paths, annotations=thumos_annotations, feature_size=16, clip_dim=8, progress=False)
-    data = WTALDataset(make_opts(paths, feature_size=16), clip_dim=8)
+    data = WTALDataset(make_opts(paths, "--class-phrases", parse_args([]).class_phrases, feature_size=16), clip_dim=8)
     assert data.num_classes == 20 and len(data.video_names) == 412
     assert data.num_train_videos == 200 and data.num_test_videos == 212
     assert all(data.subsets[v] == "validation" for v in data.train_indices) and all(data.subsets[v] == "test" for v in data.test_indices)
@@ -492,3 +500,84 @@ def test_unknown_subset_names_the_option(coded):
     paths, *_ = coded
     expect_error(make_opts(paths, "--train-subset", "training", feature_size=8), "'training'", "--train-subset", "validation")
     expect_error(make_opts(paths, "--min-snippets", "100", feature_size=8), "--min-snippets")
+
+
+# ----------------------------------------------------------------------------- per-video feature folders, lazy loading
+def feature_folder(paths: dict, feats: list, names=None) -> Path:
+    """The I3D features as <folder>/<video>.npy (video 3 as float64, to exercise the conversion)."""
+    folder = Path(paths["feature_file"]).parent / "per-video"
+    folder.mkdir(exist_ok=True)
+    for v, x in enumerate(feats):
+        np.save(folder / f"{(names or [f'vid_{i:03d}' for i in range(len(feats))])[v]}.npy", x.astype(np.float64) if v == 3 else x)
+    return folder
+
+
+def test_lazy_and_memory_loading_give_identical_batches_and_test_videos(coded):
+    paths, feats, clip, *_ = coded
+    folder = feature_folder(paths, feats)
+    loaded = {}
+    for name, source, mode in (("array", paths["feature_file"], "auto"), ("memory", folder, "memory"), ("lazy", folder, "lazy"),
+                               ("auto", folder, "auto")):
+        loaded[name] = WTALDataset(make_opts({**paths, "feature_file": source}, "--feature-loading", mode, "--max-seqlen", "24",
+                                             feature_size=8))
+    assert [d.feature_loading for d in loaded.values()] == ["memory", "memory", "lazy", "memory"]  # auto: small, in memory
+    rngs = {name: np.random.default_rng(11) for name in loaded}
+    for _ in range(30):
+        batches = {name: data.train_batch(rngs[name]) for name, data in loaded.items()}
+        reference = batches["array"]
+        for batch in batches.values():
+            assert np.array_equal(batch.indices, reference.indices)
+            assert torch.equal(batch.features, reference.features) and torch.equal(batch.clip_features, reference.clip_features)
+            assert torch.equal(batch.labels, reference.labels) and batch.features.dtype == torch.float32
+    for videos in zip(*(data.test_videos() for data in loaded.values())):
+        for video in videos:
+            assert video.name == videos[0].name and torch.equal(video.features, videos[0].features)
+            assert torch.equal(video.clip_features, videos[0].clip_features)
+    x, z = loaded["lazy"].video_features(3)
+    assert x.dtype == np.float32 and np.array_equal(x, feats[3]) and np.array_equal(z, clip[3])
+
+
+def test_auto_loading_goes_lazy_above_the_memory_budget(coded):
+    paths, feats, *_ = coded
+    folder = feature_folder(paths, feats)
+    data = WTALDataset(make_opts({**paths, "feature_file": folder}, "--feature-memory-gb", "0", feature_size=8))
+    assert data.feature_loading == "lazy" and not hasattr(data._i3d, "data")  # nothing stacked in memory
+    with pytest.raises(PECRError, match="tools/split_features.py") as info:
+        WTALDataset(make_opts(paths, "--feature-loading", "lazy", feature_size=8))  # an object array is read whole
+    assert "--feature-file" in str(info.value)
+
+
+def test_split_features_tool_writes_the_folder_the_loader_reads(coded, tmp_path):
+    from tools.split_features import main as split
+
+    paths, feats, *_ = coded
+    assert split(["--features", str(paths["feature_file"]), "--annotations", str(paths["annotation_dir"]), "--out", str(tmp_path / "split")]) == 0
+    lazy = WTALDataset(make_opts({**paths, "feature_file": tmp_path / "split"}, "--feature-loading", "lazy", feature_size=8))
+    assert all(np.array_equal(lazy.video_features(v)[0], feats[v]) for v in range(8))
+
+
+def test_lazy_loading_checks_headers_at_start_and_values_when_read(tmp_path):
+    feats, clip, labels_all, subsets = coded_dataset(tmp_path)
+    paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
+    folder = feature_folder(paths, feats)
+    lazy = lambda *extra: make_opts({**paths, "feature_file": folder}, "--feature-loading", "lazy", *extra, feature_size=8)
+    np.save(folder / "vid_004.npy", feats[4][:, :6])
+    expect_error(lazy(), "vid_004.npy", "6 wide", "--feature-size 6")
+    np.save(folder / "vid_004.npy", feats[4])
+    (folder / "vid_006.npy").unlink()
+    expect_error(lazy(), "vid_006.npy not found", "--feature-file")
+    bad = feats[6].copy()
+    bad[5, 2] = np.nan
+    np.save(folder / "vid_006.npy", bad)
+    data = WTALDataset(lazy("--num-similar", "0"))  # headers only: starts
+    with pytest.raises(PECRError, match=r"video vid_006 .* NaN or inf \(first at snippet 5\)"):
+        data.test_video(6)
+    bad = feats[2].copy()
+    bad[:, 0] = np.inf  # every snippet of training video 2
+    np.save(folder / "vid_002.npy", bad)
+    rng = np.random.default_rng(0)
+    with pytest.raises(PECRError, match=r"I3D features of video vid_002 .* NaN or inf"):
+        for _ in range(50):  # 10 of 5 training videos a batch: video 2 is drawn
+            data.train_batch(rng)
+    with pytest.raises(PECRError, match=r"video vid_002 .* snippet 0"):  # memory loading checks every value at start
+        WTALDataset(make_opts({**paths, "feature_file": folder}, "--feature-loading", "memory", feature_size=8))

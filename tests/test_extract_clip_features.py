@@ -307,6 +307,12 @@ def test_check_lengths():
     assert len(w) == 2 and w[0].startswith("b: 5 CLIP snippets but 6 I3D rows") and w[1].startswith("c: not in")
 
 
+def test_i3d_lengths_of_a_per_video_feature_folder(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((4, 8), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((6, 8), np.float16))
+    assert ex.i3d_lengths(tmp_path, ["a", "b", "c"]) == ({"a": 4, "b": 6}, 2)  # c: no file, reported by check_lengths
+
+
 # ----------------------------------------------------------------------------- command line + real CLIP
 
 def test_main_end_to_end_with_random_tiny_clip(tmp_path, capsys):

@@ -155,3 +155,13 @@ def test_help_shows_the_presets_defaults(capsys):
         options.parse_args(["--dataset", "synthetic", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 0.001)" in out and "(default: 1001)" in out  # synthetic lr and max_iter, not THUMOS14's
+
+
+def test_dataset_descriptions_are_the_single_source_of_dataset_values():
+    """The parser leaves the data, protocol and training presets unset: only descriptions give them."""
+    parser = options.build_parser()
+    assert all(parser.get_default(k) is None for k in options.DATASET_KEYS + options.PRESET_KEYS)
+    for name in options.DATASETS:
+        values = options.load_description(name, {a.dest for a in parser._actions})
+        resolved = vars(options.parse_args(["--dataset", name]))
+        assert {k: resolved[k] for k in values} == values

@@ -9,7 +9,7 @@ import pytest
 
 import tools.make_synthetic as ms
 from dataset import WTALDataset
-from options import PRESETS, parse_args
+from options import build_parser, load_description, parse_args
 from utils.errors import PECRError
 
 ANNOTATION_FILES = {"classlist.npy", "videoname.npy", "subset.npy", "duration.npy", "segments.npy", "labels.npy",
@@ -288,7 +288,7 @@ def test_options_naming_another_feature_file_never_touch_the_existing_dataset(tm
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_the_preset_layout(tmp_path, capsys):
-    preset = PRESETS["synthetic"]
+    preset = load_description("synthetic", {a.dest for a in build_parser()._actions})
     expected = ms.dataset_paths("features/synthetic", "Synthetic")
     assert {k: str(v) for k, v in expected.items()} == {k: preset[k] for k in expected}
     record = ms.main(["--out-root", str(tmp_path), "--videos", "6", "--classes", "2", "--feature-size", "8", "--clip-dim", "4",

@@ -321,7 +321,18 @@ def read_annotations(annotation_dir: str | Path) -> tuple[list[str], list[str] |
 
 def i3d_lengths(i3d_file: str | Path, names: Sequence[str]) -> tuple[dict[str, int], int]:
     """({name: snippet count}, number of videos) of an object .npy of per-video I3D arrays; row i
-    is ``names[i]`` (the annotation order, or the order of the videos for a plain list)."""
+    is ``names[i]`` (the annotation order, or the order of the videos for a plain list). A folder
+    of per-video ``<name>.npy`` files: the headers of those of ``names`` (the count: files found)."""
+    if Path(i3d_file).is_dir():
+        lengths = {}
+        for name in names:
+            path = Path(i3d_file) / f"{name}.npy"
+            if path.is_file():
+                try:
+                    lengths[name] = int(np.load(path, mmap_mode="r").shape[0])
+                except (OSError, ValueError) as e:
+                    raise PECRError(f"--i3d-features {path}: cannot read it ({e}); re-extract it") from None
+        return lengths, len(lengths)
     try:
         feats = np.load(i3d_file, allow_pickle=True)
     except (OSError, ValueError) as e:
@@ -422,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", default=None, help="W-TALC annotation folder: video names for --i3d-features and --subset")
     p.add_argument("--subset", default=None, help="only the videos of this subset.npy value (needs --annotations), e.g. test")
     p.add_argument("--i3d-features", dest="i3d_features", default=None,
-                   help="I3D object .npy: warn where a video's snippet count differs (rows matched by --annotations names, else by video order)")
+                   help="I3D object .npy or folder of <video>.npy: warn where a video's snippet count differs (object rows matched by --annotations names, else by video order)")
     p.add_argument("--overwrite", action="store_true", help="re-extract videos whose output already exists")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     return p
