@@ -9,6 +9,9 @@ import json
 import math
 import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +133,12 @@ def test_unreachable_address_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert sweep_mod.main(["run", str(path), "--address", "nohost"]) == 2
     assert "is not HOST:PORT" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+
+
+def test_the_report_and_main_start_without_ray_torch_or_matplotlib():
+    code = ("import sys, tools.sweep, eval.summary; heavy = {'ray', 'torch', 'matplotlib'} & set(sys.modules); "
+            "assert not heavy, heavy; import main; assert 'ray' not in sys.modules and 'matplotlib' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 # ----------------------------------------------------------------------------- tables over seeds
@@ -280,6 +289,14 @@ def ray_runtime():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
     yield ray
     ray.shutdown()
+
+
+def test_a_trial_no_node_can_hold_is_refused_before_it_waits_for_ever(ray_runtime):
+    with pytest.raises(PECRError, match=r"no Ray node has 1 CPU and 0.5 GPUs for a trial \(the largest has 2 CPUs, 0 GPUs\)"):
+        sweep_mod._check_resources(1, 0.5)
+    with pytest.raises(PECRError, match="no Ray node has 3 CPUs and 0 GPUs"):
+        sweep_mod._check_resources(3, 0.0)
+    sweep_mod._check_resources(2, 0.0)
 
 
 @pytest.fixture(scope="module")

@@ -338,8 +338,10 @@ def _check_resources(cpus: int, gpus: float) -> None:
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
         most = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
-        raise PECRError(f"no Ray node has {cpus} CPUs and {gpus:g} GPUs for a trial (the largest has "
-                        f"{most.get('CPU', 0):g} CPUs, {most.get('GPU', 0):g} GPUs); lower --cpus-per-trial / --gpus-per-trial")
+        count = lambda n, what: f"{n:g} {what}{'s' * (n != 1)}"  # noqa: E731
+        raise PECRError(f"no Ray node has {count(cpus, 'CPU')} and {count(gpus, 'GPU')} for a trial (the largest has "
+                        f"{count(most.get('CPU', 0), 'CPU')}, {count(most.get('GPU', 0), 'GPU')}); lower --cpus-per-trial / "
+                        "--gpus-per-trial or add a node")
 
 
 def _trial_fn(config: dict, specs: dict) -> None:
