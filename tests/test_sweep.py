@@ -97,6 +97,8 @@ def test_a_seeds_only_sweep_and_a_union_of_grids(tmp_path):
     ({"base": {"dataset": "kinetics"}, "seeds": [1]}, "base dataset: 'kinetics' is not one of"),
     ({"grid": {"clip_backbone": ["a/b", "a-b"]}, "seeds": [1]}, "two trials are both named 'clip_backbone=a-b,seed=1'"),
     ({"name": "../up", "seeds": [1]}, "name '../up' must be a folder name"),
+    ({"base": {"dataset": "synthetic", "lr": 0.002}, "grid": [{"metric": ["kl"]}, {"lr": [0.002]}], "seeds": [1]},
+     "trials metric=kl,seed=1 and lr=0.002,seed=1 are the same run (the same options)"),
     ({"seed": [1]}, "unknown key 'seed'; a sweep file has name, description, base, grid, seeds"),
 ])
 def test_bad_sweep_files_end_in_one_line_naming_the_file_and_key(tmp_path, content, message):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import os
 import re
 import socket
@@ -102,7 +103,7 @@ def load_sweep(path: str | Path, output_dir: str | Path = "outputs") -> Sweep:
     grids = _grids(data, path, valid)
     seeds = _seeds(data, path)
 
-    trials, names = [], {}
+    trials, names, runs = [], {}, {}
     out = Path(output_dir) / name
     for grid in grids:
         keys = list(grid)
@@ -114,7 +115,12 @@ def load_sweep(path: str | Path, output_dir: str | Path = "outputs") -> Sweep:
                         continue  # the same trial listed twice (overlapping grids): run once
                     raise PECRError(f"sweep file {path}: two trials are both named {trial.name!r} "
                                     f"({names[trial.name][0]} and {trial.overrides}); make the grid values distinct")
-                names[trial.name] = (trial.overrides, seed)
+                run = json.dumps({k: v for k, v in vars(trial.opts).items() if k not in options.SESSION_OPTIONS},
+                                 sort_keys=True, default=str)
+                if run in runs:
+                    raise PECRError(f"sweep file {path}: trials {runs[run]} and {trial.name} are the same run (the same "
+                                    "options); drop one of the grid values")
+                names[trial.name], runs[run] = (trial.overrides, seed), trial.name
                 trials.append(trial)
     return Sweep(path, name, text, trials, Path(output_dir))
 
