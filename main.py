@@ -34,8 +34,7 @@ from utils.progress import interactive, progress
 from utils.seed import rng_state, seed_everything, set_rng_state
 
 # Options that describe the session, not the run: they may differ when a run is resumed.
-SESSION_OPTIONS = ("config", "resume", "device", "output_dir", "model_name", "checkpoint_every",
-                   "clip_download_root", "clip_vocab", "deterministic")
+SESSION_OPTIONS = options.SESSION_OPTIONS
 
 
 class Interrupted(PECRError):

@@ -29,6 +29,11 @@ from utils.errors import PECRError
 ROOT = Path(__file__).resolve().parent
 DESCRIPTIONS = ROOT / "configs" / "datasets"
 DATASETS = ("thumos", "activitynet", "synthetic")  # shipped descriptions: configs/datasets/<name>.yaml
+# Options that describe the session, not the run (where it runs, where it writes, how often it saves):
+# they may differ when a run is resumed, and runs that differ only in them are the same experiment.
+SESSION_OPTIONS = ("config", "resume", "device", "output_dir", "model_name", "checkpoint_every",
+                   "clip_download_root", "clip_vocab", "deterministic", "save_raw", "raw_dtype",
+                   "feature_loading", "feature_memory_gb")
 THUMOS_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 ANET_TIOU = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 
