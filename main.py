@@ -29,7 +29,7 @@ from train import NonFiniteLoss, make_optimizer, train_step
 from utils.checkpoint import load_checkpoint, load_model_state, model_state, save_checkpoint
 from utils.device import resolve_device
 from utils.errors import PECRError, cli
-from utils.io import append_line, check_writable
+from utils.io import append_line, atomic_write_text, check_writable
 from utils.progress import interactive, progress
 from utils.seed import rng_state, seed_everything, set_rng_state
 
@@ -125,6 +125,21 @@ class Run:
         self.rng.bit_generator.state = ckpt["sampler"]
         set_rng_state(ckpt["rng"])
         self.start, self.best = ckpt["iteration"] + 1, ckpt["best"]
+        self._drop_records_from(self.start)
+
+    def _drop_records_from(self, iteration: int) -> None:
+        """Forget evaluations made after last.pt (they are made again): metrics.jsonl keeps the records
+        of iterations before ``iteration`` (the baseline included), results.txt is rewritten to match."""
+        path = self.dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["iteration"] < iteration]
+        if len(kept) == len(lines):
+            return
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        tables = [format_table(json.loads(line), self.opts.protocol) for line in kept]
+        atomic_write_text(self.dir / "results.txt", "".join(table + "\n" for table in tables))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, iteration: int, writer: SummaryWriter) -> dict:

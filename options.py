@@ -421,6 +421,11 @@ def check_types(parser: argparse.ArgumentParser, opts: argparse.Namespace, sourc
 
 
 def _typed(value, kind, key: str, source):
+    if kind in (int, float) and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text
+        try:
+            value = kind(value)
+        except ValueError:
+            pass
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise PECRError(f"{source(key)}: expected an integer, got {value!r}")

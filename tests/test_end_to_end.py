@@ -107,6 +107,22 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_gives_the_same_losses(tmp_p
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), (a["iteration"], key)
 
 
+def test_resume_forgets_evaluations_made_after_last_pt(tmp_path, monkeypatch):
+    """Evaluated at 2 and 4, last.pt at 2, Ctrl-C at 5: the resumed run evaluates 4 again, once in the logs."""
+    args = ["--max-iter", "7", "--interval", "2", "--warmup-iter", "1", "--checkpoint-every", "3"]
+    whole = train_main.Run(options.parse_args(tiny_args(tmp_path / "a", *args)))
+    whole.train()
+    run = train_main.Run(options.parse_args(tiny_args(tmp_path / "b", *args)))
+    interrupt_at(run, 5, monkeypatch)
+    with pytest.raises(train_main.Interrupted, match=r"last.pt \(iteration 2\)"):
+        run.train()
+    run_dir = tmp_path / "b" / "out" / "run"
+    assert [r["iteration"] for r in metrics(run_dir)] == [0, 2, 4]
+    train(tiny_args(tmp_path / "b", *args, "--resume"))
+    assert metrics(run_dir) == metrics(tmp_path / "a" / "out" / "run")  # [0, 2, 4, 6], as uninterrupted
+    assert (run_dir / "results.txt").read_text() == (tmp_path / "a" / "out" / "run" / "results.txt").read_text()
+
+
 def test_ctrl_c_before_the_first_checkpoint_says_so(tmp_path, monkeypatch):
     run = train_main.Run(options.parse_args(tiny_args(tmp_path, "--checkpoint-every", "5", "--eval-at-start", "false")))
     interrupt_at(run, 1, monkeypatch)

@@ -132,9 +132,13 @@ def test_bad_yaml_values_name_the_file_and_key(tmp_path, text, words):
 
 def test_yaml_numbers_convert_and_nulls_of_optional_paths_stay_none(tmp_path):
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text("lr: 1\nweight_decay: 5e-5\nambiguous_file: null\n")  # int for a float; YAML 1.1 reads 5e-5 as text
-    o = options.parse_args(["--config", str(cfg)])
+    cfg.write_text("lr: 1\nweight_decay: 5e-5\nambiguous_file: null\ntiou_thresholds: [1e-1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]\n")
+    o = options.parse_args(["--config", str(cfg)])  # an int for a float; YAML 1.1 reads 5e-5 and 1e-1 as text
     assert (o.lr, o.weight_decay, o.ambiguous_file) == (1.0, 5e-5, None) and isinstance(o.lr, float)
+    assert o.tiou_thresholds[0] == 0.1
+    o.max_iter = "12"  # numeric text converts in check_types too (sweep grids, saved option dicts)
+    options.check_types(options.build_parser(), o)
+    assert o.max_iter == 12
 
 
 def test_every_numeric_option_has_a_range():
