@@ -235,9 +235,15 @@ def _names(value) -> list[str]:
 
 
 def _tensor(array: np.ndarray, device) -> torch.Tensor:
-    """A fresh array (not a view of the dataset's storage) -> tensor on ``device``."""
+    """A fresh array (not a view of the dataset's storage) -> tensor on ``device``; to CUDA through
+    pinned memory without blocking (the host goes on while the copy runs)."""
     tensor = torch.from_numpy(array)
-    return tensor if device is None else tensor.to(device)
+    if device is None:
+        return tensor
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def load_annotations(annotation_dir: str | Path, where: str = "--annotation-dir") -> dict:
@@ -345,6 +351,7 @@ class WTALDataset:
         test = np.flatnonzero(subsets == opts.test_subset)
         self._load_features(train, test)
 
+        self._resident = None  # (device, I3D, CLIP) tensors, see keep_on_device
         self._class_videos = [self.train_indices[self.labels[self.train_indices, c] > 0] for c in range(self.num_classes)]
         self._pair_classes = np.array([c for c, v in enumerate(self._class_videos) if len(v) >= 2], dtype=np.int64)
 
@@ -571,11 +578,38 @@ class WTALDataset:
         rest = rng.choice(self.train_indices, b - 2 * s)
         return np.concatenate(pairs + [rest]).astype(np.int64)
 
+    def keep_on_device(self, device) -> bool:
+        """Copy the in-memory features to ``device`` once, so that training batches and test videos
+        are gathered there (no host copy per step). ``--features-on-device``: auto = on CUDA when
+        they take at most half of its free memory; on = on any device; off = never. Lazy loading
+        keeps them on disk. Returns whether they are resident; values are the same either way."""
+        device = torch.device(device)
+        mode = getattr(self.opts, "features_on_device", "auto")
+        if mode == "off" or not isinstance(self._i3d, MemoryFeatures):
+            return False
+        need = self._i3d.data.nbytes + self._clip.data.nbytes
+        if mode == "auto":
+            if device.type != "cuda":
+                return False
+            free, _ = torch.cuda.mem_get_info(device)
+            if need > free / 2:
+                print(f"features: {need / 2**30:.1f} GiB do not fit in half of {device}'s free memory "
+                      f"({free / 2**30:.1f} GiB): batches are copied from pinned host memory", file=sys.stderr)
+                return False
+        self._resident = (device, torch.from_numpy(self._i3d.data).to(device), torch.from_numpy(self._clip.data).to(device))
+        return True
+
     def train_batch(self, rng: np.random.Generator, device=None) -> TrainBatch:
         """Sample a batch and resample every video to ``max_seqlen`` snippets by random perturbation;
-        the same snippet indices select I3D and CLIP rows."""
+        the same snippet indices select I3D and CLIP rows (gathered on the device when the features
+        are resident there, see :meth:`keep_on_device`)."""
         idx = self.sample_videos(rng)
         rows = random_perturb(rng, self.lengths[idx], int(self.opts.max_seqlen))
+        resident = self._resident_on(device)
+        if resident is not None:
+            at = _tensor(self._i3d.offsets[idx, None] + rows, device)  # (B, L) row numbers: 25 KB to copy
+            return TrainBatch(features=resident[1][at], clip_features=resident[2][at],
+                              labels=_tensor(self.labels[idx], device), indices=idx)
         return TrainBatch(
             features=_tensor(self._i3d.gather(idx, rows), device),
             clip_features=_tensor(self._clip.gather(idx, rows), device),
@@ -583,13 +617,24 @@ class WTALDataset:
             indices=idx,
         )
 
+    def _resident_on(self, device):
+        """(device, I3D rows, CLIP rows) when the features are resident on ``device``, else None."""
+        resident = self._resident
+        return resident if resident is not None and device is not None and torch.device(device) == resident[0] else None
+
     def test_video(self, index: int, device=None) -> TestVideo:
         """One whole video (no resampling) as a batch of one."""
         feats, clip = self.video_features(index)
+        resident = self._resident_on(device)
+        if resident is not None:
+            o = self._i3d.offsets[index]
+            features = resident[1][o:o + len(feats)][None]
+        else:
+            features = torch.tensor(feats, device=device)[None]
         return TestVideo(
             index=int(index),
             name=self.video_names[index],
-            features=torch.tensor(feats, device=device)[None],
+            features=features,
             clip_features=torch.from_numpy(clip.copy())[None],
             labels=torch.from_numpy(self.labels[index].copy()),
         )

@@ -90,6 +90,7 @@ class Run:
             from tools.make_synthetic import ensure_synthetic
             ensure_synthetic(opts, clip_model.embed_dim)
         self.dataset = WTALDataset(opts, clip_dim=clip_model.embed_dim)
+        self.dataset.keep_on_device(self.device)  # THUMOS14's 1.7 GB live on the GPU when they fit
         self.model = build_model(opts, self.dataset.class_phrases, self.device, clip_model=clip_model)
         self.reference = load_reference(opts)  # ground truth and ambiguous regions, read once (fails fast)
         self.criterion = PECRLoss(opts)

@@ -33,7 +33,7 @@ DATASETS = ("thumos", "activitynet", "synthetic")  # shipped descriptions: confi
 # they may differ when a run is resumed, and runs that differ only in them are the same experiment.
 SESSION_OPTIONS = ("config", "resume", "device", "output_dir", "model_name", "checkpoint_every",
                    "clip_download_root", "clip_vocab", "deterministic", "save_raw", "raw_dtype",
-                   "feature_loading", "feature_memory_gb")
+                   "feature_loading", "feature_memory_gb", "features_on_device")
 THUMOS_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 ANET_TIOU = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data (SPEC §1)")
     g.add_argument("--feature-file", dest="feature_file", default=None, help="I3D joint features (T_i x feature_size per video): an object .npy array in videoname.npy order, or a folder of <video>.npy files")
     g.add_argument("--feature-loading", dest="feature_loading", choices=("auto", "memory", "lazy"), default="auto", help="memory: every feature read, checked and stacked in RAM at start (fastest batches); lazy: per-video files memory-mapped and read when used (RAM does not grow with the dataset; needs a feature folder); auto: memory up to --feature-memory-gb, else lazy")
+    g.add_argument("--features-on-device", dest="features_on_device", choices=("auto", "on", "off"), default="auto", help="keep the in-memory features on the training device and gather batches there: auto = on CUDA when they take at most half of its free memory, on = always, off = copy each batch from (pinned) host memory; the same values either way")
     g.add_argument("--feature-memory-gb", dest="feature_memory_gb", type=float, default=4.0, help="auto loading: the largest I3D + CLIP feature size (GiB, float32) loaded into memory")
     g.add_argument("--annotation-dir", dest="annotation_dir", default=None, help="W-TALC annotation folder (classlist.npy, videoname.npy, ...)")
     g.add_argument("--clip-feature-dir", dest="clip_feature_dir", default=None, help="folder holding <split>/<videoname>.npy CLIP snippet features")

@@ -581,3 +581,23 @@ def test_lazy_loading_checks_headers_at_start_and_values_when_read(tmp_path):
             data.train_batch(rng)
     with pytest.raises(PECRError, match=r"video vid_002 .* snippet 0"):  # memory loading checks every value at start
         WTALDataset(make_opts({**paths, "feature_file": folder}, "--feature-loading", "memory", feature_size=8))
+
+
+def test_features_kept_on_the_device_give_the_same_batches_and_videos(tmp_path):
+    """--features-on-device on (here the CPU stands in for the GPU): batches gathered from the resident
+    tensors equal those gathered on the host, for the same generator; auto keeps nothing resident on the CPU."""
+    feats, clip, labels_all, subsets = coded_dataset(tmp_path)
+    paths = write_dataset(tmp_path, feats, clip, labels_all, subsets)
+    host = WTALDataset(make_opts(paths, "--max-seqlen", "16", feature_size=8))
+    resident = WTALDataset(make_opts(paths, "--max-seqlen", "16", "--features-on-device", "on", feature_size=8))
+    assert host.keep_on_device("cpu") is False and resident.keep_on_device("cpu") is True
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(5):
+        x, y = host.train_batch(a, "cpu"), resident.train_batch(b, "cpu")
+        assert np.array_equal(x.indices, y.indices)
+        for name in ("features", "clip_features", "labels"):
+            assert torch.equal(getattr(x, name), getattr(y, name)), name
+    for u, v in zip(host.test_videos("cpu"), resident.test_videos("cpu")):
+        assert u.name == v.name and torch.equal(u.features, v.features)
+    off = WTALDataset(make_opts(paths, "--features-on-device", "off", feature_size=8))
+    assert off.keep_on_device("cpu") is False
