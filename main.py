@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -27,7 +28,7 @@ from model import build_model, load_clip
 from test import check_classes, evaluate, load_reference, write_results
 from train import NonFiniteLoss, make_optimizer, train_step
 from utils.checkpoint import load_checkpoint, load_model_state, model_state, save_checkpoint
-from utils.device import resolve_device
+from utils.device import resolve_device, set_float32_precision
 from utils.errors import PECRError, cli
 from utils.io import append_line, atomic_write_text, check_writable
 from utils.progress import interactive, progress
@@ -70,6 +71,17 @@ def check_resume(opts, run_dir: Path) -> dict:
     return saved
 
 
+def compiled(model, criterion):
+    """``torch.compile`` forms of the model and of the loss for the training step (evaluation runs the
+    model as it is: test videos of every length would recompile it). Random draws inside compiled code
+    take eager PyTorch's generator (inductor's ``fallback_random``), so a compiled run draws the same
+    dropout masks and noise as an eager one and stays comparable to it."""
+    import torch._inductor.config as inductor
+
+    inductor.fallback_random = True
+    return torch.compile(model), torch.compile(criterion.__call__)
+
+
 def should_evaluate(iteration: int, opts) -> bool:
     """After training step ``iteration``: every ``interval`` once past ``warmup_iter``, and always at the
     last step (so a run shorter than the warm-up still ends with an evaluation and a best.pt)."""
@@ -85,6 +97,7 @@ class Run:
         self.dir = Path(opts.output_dir) / opts.model_name
         seed_everything(opts.seed, opts.deterministic)
         self.device = resolve_device(opts.device)
+        set_float32_precision(opts.tf32)
         clip_model = load_clip(opts, self.device)
         if opts.synthetic_generate:
             from tools.make_synthetic import ensure_synthetic
@@ -94,6 +107,9 @@ class Run:
         self.model = build_model(opts, self.dataset.class_phrases, self.device, clip_model=clip_model)
         self.reference = load_reference(opts)  # ground truth and ambiguous regions, read once (fails fast)
         self.criterion = PECRLoss(opts)
+        # what the training step calls: the model and loss themselves, or their compiled forms (--compile)
+        self.step_model, self.step_criterion = (compiled(self.model, self.criterion) if opts.compile
+                                                else (self.model, self.criterion))
         self.optimizer = make_optimizer(self.model, opts)
         self.rng = np.random.default_rng(opts.seed)  # training-batch sampler
         self.start, self.best = 0, -float("inf")
@@ -200,7 +216,7 @@ class Run:
             for iteration in bar:
                 self.iteration = iteration
                 batch = self.dataset.train_batch(self.rng, self.device)
-                terms = train_step(self.model, self.criterion, self.optimizer, batch, iteration)
+                terms = train_step(self.step_model, self.step_criterion, self.optimizer, batch, iteration)
                 self.history.append({"iteration": iteration, **terms})
                 running = terms["total"] if running is None else 0.95 * running + 0.05 * terms["total"]
                 bar.set_postfix(loss=f"{running:.4f}")

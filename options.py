@@ -33,7 +33,7 @@ DATASETS = ("thumos", "activitynet", "synthetic")  # shipped descriptions: confi
 # they may differ when a run is resumed, and runs that differ only in them are the same experiment.
 SESSION_OPTIONS = ("config", "resume", "device", "output_dir", "model_name", "checkpoint_every",
                    "clip_download_root", "clip_vocab", "deterministic", "save_raw", "raw_dtype",
-                   "feature_loading", "feature_memory_gb", "features_on_device")
+                   "feature_loading", "feature_memory_gb", "features_on_device", "compile", "tf32")
 THUMOS_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 ANET_TIOU = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", dest="output_dir", default="outputs", help="root folder of run outputs")
     g.add_argument("--seed", type=int, default=3552, help="one seed for data sampling, initialisation and test-time sampling")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    g.add_argument("--tf32", type=B, default=False, help="CUDA: let float32 matrix products and convolutions use TensorFloat-32 (faster on Ampere and newer, about 3 significant digits); false keeps true float32 as the release computed it. No effect on the CPU")
+    g.add_argument("--compile", type=B, default=False, help="torch.compile the model and the loss of the training step (CUDA: faster steps after a compilation of a minute or so at the first step; CPU: the compilation rarely pays off). Random draws follow eager PyTorch's, so runs are comparable with and without it")
     g.add_argument("--deterministic", type=B, default=False, help="deterministic algorithms (bitwise-repeatable CUDA runs, slower); CPU runs are repeatable anyway")
     g.add_argument("--resume", type=B, nargs="?", const=True, default=False, help="continue the run in <output-dir>/<model-name>/ from its last checkpoint")
 

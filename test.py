@@ -31,7 +31,7 @@ from eval.scoring import Evaluation, Reference, VideoOutput, detections_json, sc
 from model import PECR, build_model
 from utils.checkpoint import (check_checkpoint, is_pecr_checkpoint, load_model_state, load_release_checkpoint,
                               read_checkpoint, release_state_dict)
-from utils.device import resolve_device
+from utils.device import resolve_device, set_float32_precision
 from utils.errors import PECRError, cli
 from utils.io import atomic_write_text, check_writable
 
@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = out_dir or Path(ckpt_path).parent
     check_writable(out_dir, "--out-dir")  # before the test pass, not after it
     device = resolve_device(opts.device)
+    set_float32_precision(opts.tf32)
     dataset = WTALDataset(opts)
     model = build_model(opts, dataset.class_phrases, device)
     load_weights(model, ckpt, ckpt_path, dataset.classlist)

@@ -295,3 +295,23 @@ def test_bad_options_never_touch_the_generated_dataset(tmp_path, capsys):
         assert err.startswith("error:") and "\n" not in err
     assert {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()} == data
     assert train_main.main(args) == 0  # the plain run still works
+
+
+def test_compile_wraps_the_training_step_only_and_tf32_sets_the_backends(tmp_path):
+    """--compile: the step calls torch.compile forms of the model and the loss (compiled lazily, at the
+    first step; the step itself is checked against eager on CUDA in tests/test_cuda.py), while
+    evaluation and checkpoints use the plain model. --tf32 flips PyTorch's two TF32 switches."""
+    from utils.device import set_float32_precision
+
+    run = train_main.Run(options.parse_args(tiny_args(tmp_path, "--compile", "true")))
+    assert isinstance(run.step_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert run.step_model._orig_mod is run.model and run.step_criterion is not run.criterion
+    plain = train_main.Run(options.parse_args(tiny_args(tmp_path / "b")))
+    assert plain.step_model is plain.model and plain.step_criterion is plain.criterion
+    try:
+        set_float32_precision(True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        set_float32_precision(False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        set_float32_precision(False)

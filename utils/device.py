@@ -19,3 +19,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PECRError(f"--device {name} requested but CUDA is not available here; use --device auto or cpu")
     return device
+
+
+def set_float32_precision(tf32: bool) -> None:
+    """``--tf32``: whether CUDA float32 matrix products and cuDNN convolutions may use TensorFloat-32.
+    False (default) keeps true float32 (PyTorch would otherwise use TF32 for cuDNN convolutions)."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
