@@ -1,4 +1,4 @@
-"""Benchmarks (never unit tests): ``python tools/bench.py {train,eval,test,clip,rescore,data,sweep} [options]``.
+"""Benchmarks (never unit tests): ``python tools/bench.py {train,eval,test,clip,rescore,data,sweep,schedule} [options]``.
 
 Each sub-command lives in ``tools/bench_<name>.py`` as ``main(argv)`` and prints one JSON
 line of figures at the end.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-COMMANDS = ("train", "eval", "test", "clip", "rescore", "data", "sweep")
+COMMANDS = ("train", "eval", "test", "clip", "rescore", "data", "sweep", "schedule")
 
 
 def main(argv: list[str] | None = None) -> None:
