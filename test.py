@@ -38,7 +38,9 @@ from utils.errors import PECRError, cli
 from utils.io import atomic_write_text
 
 
-RUN_LOCAL = ("device", "resume")  # options of the training machine / session that test.py does not inherit
+# options of the training machine / session that test.py does not inherit: --amp too, a speed option
+# of the machine (a bf16-trained checkpoint is evaluated in float32 unless --amp bf16 is given here)
+RUN_LOCAL = ("device", "resume", "amp")
 
 
 @dataclass
@@ -89,6 +91,8 @@ def evaluate(model: PECR, dataset: WTALDataset, opts, iteration: int = 0, progre
 
     The prompt text features are computed once per pass; test-time sampling draws from a
     generator seeded with ``opts.seed``, so a pass is reproducible and leaves the global RNG alone.
+    The model runs at its own precision (``model.amp``: under ``--amp bf16`` the head and text
+    transformer in bfloat16, the CAS in float32); proposals and mAP are computed as always.
     ``reference`` (from :func:`load_reference`) is read here when not given.
     """
     reference = reference or load_reference(opts)
