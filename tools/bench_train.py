@@ -15,7 +15,8 @@ each round times one float32 step (and its components) and one bf16 step (``bf16
 load; target <= 0.6 on a CPU with AVX512-BF16. Memory: after the timed rounds, one more step of
 each precision after glibc's ``malloc_trim`` (the freed memory of earlier steps goes back to the
 OS, so neither step's peak reads memory the other left in the heap): ``step_memory_mb`` = peak RSS
-during the step minus RSS before it, per precision.
+during the step minus RSS before it, per precision (``train_peak_rss_mb`` stays the float32 steps'
+peak, which then also holds what the bf16 steps left in the heap).
 """
 from __future__ import annotations
 
