@@ -141,6 +141,19 @@ def test_autocast_covers_the_layers_and_nothing_after_them(amp):
                for p in model.parameters())
 
 
+def test_text_transformer_keeps_its_residual_stream_pooling_and_projection_float32():
+    model, _ = make()
+    clip_model, prompts = model.text_encoder.clip_model, model.text_encoder
+    embeddings, tokens = prompts.prompts().detach(), prompts.token_ids
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = clip_model.encode_text_from_embeddings(embeddings, tokens)
+        hidden = clip_model.transformer(embeddings + clip_model.positional_embedding[:embeddings.shape[1]], causal=True)
+        linear = clip_model.transformer.resblocks[0].mlp.c_fc(embeddings)
+    assert linear.dtype == torch.bfloat16 and hidden.dtype == torch.float32
+    pooled = clip_model.ln_final(hidden[torch.arange(len(hidden)), tokens.argmax(-1)])
+    assert got.dtype == torch.float32 and torch.equal(got, pooled @ clip_model.text_projection)
+
+
 def test_bf16_losses_and_gradients_stay_close_to_float32():
     model, opts = make()
     out32, terms32, grads32 = step(model, opts, "off")
