@@ -21,6 +21,15 @@ Drop(LReLU(x)) is computed as LReLU(Drop(x)) in place, dropout keeps a bool mask
 formed before the attention branches read its halves, F1 is made time-major once. Initialisation:
 PyTorch's layer defaults as in the release (``init="pytorch"``), or CO2-Net's Xavier-uniform
 weights with zero biases (``init="xavier"``).
+
+Mixed precision (``amp="bf16"``, ``--amp bf16``): the head (consensus modules, fusion layers,
+adapter: every convolution and linear layer with the element-wise ops between them; the input is
+cast once) and the linear layers and attention of the frozen CLIP text transformer run under
+``torch.autocast`` in bfloat16. Their outputs are cast back to float32 (the text transformer keeps
+its LayerNorms, residual stream, pooling and projection in float32), so the CAS (its temperature
+division included), the test-time sampling and normalisation, and everything in losses.py run in
+float32 as in the default. Parameters, gradients, the optimizer and checkpoints stay float32.
+``amp="off"`` (default) never enters autocast: bit-for-bit the float32 model.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ from torch import Tensor, nn
 from utils.errors import PECRError
 
 SLOPE = 0.2  # LeakyReLU slope everywhere (SPEC §2.1)
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the head and text transformer
 
 
 def lrelu(x: Tensor) -> Tensor:
@@ -54,7 +64,8 @@ class Dropout(nn.Dropout):
             return x
         if self.p == 1:
             return x * 0
-        keep = torch.rand(x.shape, device=x.device, dtype=x.dtype) >= self.p
+        # uniforms drawn in float32 (or x's wider dtype): a bfloat16 x under --amp gets the masks of float32
+        keep = torch.rand(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32)) >= self.p
         return (x * keep).mul_(1 / (1 - self.p))
 
 
@@ -169,7 +180,8 @@ def sample(mu: Tensor, var: Tensor, eps: Tensor) -> Tensor:
 class PECR(nn.Module):
     """PECR: CO2-Net head + probabilistic adapter + prompt text features (SPEC §2).
 
-    forward(features (B, T, F), text_features=None, generator=None, return_samples=False) -> PECROutput.
+    forward(features (B, T, F), text_features=None, generator=None, return_samples=False) -> PECROutput,
+    float32 whatever ``amp`` (see the module docstring).
     The CAS form follows ``self.training``: training = unnormalised dot products / tau_train with
     ``train_sampling`` "shortcut" (mean noise drawn directly, default) or "full" (K samples);
     eval = mean over K samples of the cosine with the text features / tau_test (``test_sampling``
@@ -180,7 +192,8 @@ class PECR(nn.Module):
     def __init__(self, num_classes: int, feature_size: int, clip_dim: int, text_encoder: nn.Module, *,
                  dropout: float = 0.5, fusion_dropout: float = 0.7, num_samples: int = 20,
                  train_temperature: float = 8.0, test_temperature: float = 0.03,
-                 train_sampling: str = "shortcut", test_sampling: str = "sample", init: str = "pytorch"):
+                 train_sampling: str = "shortcut", test_sampling: str = "sample", init: str = "pytorch",
+                 amp: str = "off"):
         super().__init__()
         if feature_size <= 0 or feature_size % 4:
             raise PECRError(f"feature size {feature_size} must be a positive multiple of 4 (RGB | flow halves, "
@@ -190,12 +203,15 @@ class PECR(nn.Module):
                             "use --train-sampling shortcut|full and --test-sampling sample|mean")
         if init not in ("xavier", "pytorch"):
             raise PECRError(f"unknown --init {init!r}; use xavier or pytorch")
+        if amp not in AMP_DTYPES:
+            raise PECRError(f"unknown --amp {amp!r}; use {' or '.join(AMP_DTYPES)}")
         if num_samples < 1:
             raise PECRError(f"--num-prob-v must be >= 1, got {num_samples}")
         self.num_classes, self.feature_size, self.clip_dim = num_classes, feature_size, clip_dim
         self.num_samples = num_samples
         self.train_temperature, self.test_temperature = train_temperature, test_temperature
         self.train_sampling, self.test_sampling = train_sampling, test_sampling
+        self.amp = amp  # a plain attribute, not state: switching it changes no weight
         stream, hidden = feature_size // 2, feature_size // 4
         self.consensus_v = CrossModalConsensus(stream, hidden, dropout)  # RGB main, flow auxiliary
         self.consensus_f = CrossModalConsensus(stream, hidden, dropout)  # flow main, RGB auxiliary
@@ -214,15 +230,23 @@ class PECR(nn.Module):
         return cls(num_classes, opts.feature_size, clip_dim, text_encoder, dropout=opts.dropout,
                    fusion_dropout=opts.fusion_dropout, num_samples=opts.num_prob_v,
                    train_temperature=opts.train_temperature, test_temperature=opts.test_temperature,
-                   train_sampling=opts.train_sampling, test_sampling=opts.test_sampling, init=opts.init)
+                   train_sampling=opts.train_sampling, test_sampling=opts.test_sampling, init=opts.init,
+                   amp=opts.amp)
 
     def config(self) -> dict:
         """Shape-defining settings (stored in checkpoints to detect mismatches)."""
         return {"num_classes": self.num_classes, "feature_size": self.feature_size, "clip_dim": self.clip_dim}
 
     def encode_text(self) -> Tensor:
-        """Text features W (C+1, D), recomputed from the prompts (gradient flows into the prompt table)."""
-        text = self.text_encoder()
+        """Text features W (C+1, D) in float32, recomputed from the prompts (gradient flows into the
+        prompt table). Under ``amp`` the text transformer's linear layers and attention run in the amp
+        dtype (its LayerNorms, residual stream, pooling and projection stay float32, see clip.model)."""
+        if self.amp == "off":
+            text = self.text_encoder()
+        else:
+            with torch.autocast(self.fusion1.weight.device.type, dtype=AMP_DTYPES[self.amp]):
+                text = self.text_encoder()
+            text = text.float()
         if text.shape != (self.num_classes + 1, self.clip_dim):
             raise PECRError(f"text encoder returned {tuple(text.shape)}, expected ({self.num_classes + 1}, "
                             f"{self.clip_dim}) = (classes + background, CLIP width): class list and CLIP model disagree")
@@ -233,6 +257,20 @@ class PECR(nn.Module):
         if features.dim() != 3 or features.shape[-1] != self.feature_size:
             raise PECRError(f"features of shape {tuple(features.shape)} given, the model expects (B, T, "
                             f"{self.feature_size}); check --feature-size against the feature file")
+        if self.amp == "off":
+            att_v, att_f, f0, f1, mu, var = self.head(features)
+        else:  # the input cast once: the whole head then runs in the amp dtype, without per-layer casts
+            dtype = AMP_DTYPES[self.amp]
+            with torch.autocast(features.device.type, dtype=dtype):
+                head = self.head(features.to(dtype))
+            att_v, att_f, f0, f1, mu, var = (t.float() for t in head)
+        text = self.encode_text() if text_features is None else text_features
+        cas, samples = self._cas(mu, var, text, generator, return_samples)
+        return PECROutput(cas, (att_v + att_f) / 2, att_v, att_f, f0, f1, mu, var, text, samples)
+
+    def head(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The CO2-Net head and the adapter (SPEC §2.1, §2.3): features (B, T, F) -> attention A_V, A_F
+        (B, T), fusion features F0, F1 (B, T, F), mu, v (B, T, D)."""
         S = self.feature_size // 2
         x = features.transpose(1, 2)                                  # (B, F, T)
         rgb, flow = x.split(S, dim=1)
@@ -246,9 +284,7 @@ class PECR(nn.Module):
         f1 = lrelu(self.fusion_drop(self.fusion2(f0)).transpose(1, 2).contiguous())   # (B, T, F)
         f0 = f0.transpose(1, 2)                                                          # (B, T, F) view
         mu, var = self.adapter(f1)
-        text = self.encode_text() if text_features is None else text_features
-        cas, samples = self._cas(mu, var, text, generator, return_samples)
-        return PECROutput(cas, (att_v + att_f) / 2, att_v, att_f, f0, f1, mu, var, text, samples)
+        return att_v, att_f, f0, f1, mu, var
 
     def _noise(self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
         return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)

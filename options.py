@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-temperature", dest="test_temperature", type=float, default=0.03, help="tau_test dividing the cosine test CAS")
     g.add_argument("--train-sampling", dest="train_sampling", choices=("shortcut", "full"), default="shortcut", help="shortcut: draw the mean of K noises directly (same distribution, 1/K cost); full: draw K samples")
     g.add_argument("--test-sampling", dest="test_sampling", choices=("sample", "mean"), default="sample", help="sample: K seeded samples at test time as released; mean: z = mu")
+    g.add_argument("--amp", choices=("off", "bf16"), default="off", help="mixed precision (a speed option, training and evaluation): bf16 runs the convolutions and linear layers of the head and adapter (with the element-wise ops between them) and the frozen CLIP text transformer's linears and attention in bfloat16 under torch.autocast; the CAS and its temperature, test-time sampling, softmaxes, logs, metric distances, CLIP distillation, every loss, the weights, the optimizer and checkpoints stay float32. For CPUs with BF16 instructions (AVX512-BF16, AMX) and recent GPUs; test.py does not inherit it from the checkpoint")
 
     g = p.add_argument_group("losses (SPEC §3)")
     g.add_argument("--train-topk", dest="train_topk", type=int, default=None, help="MIL k = max(1, T // train_topk)")
@@ -401,6 +402,8 @@ def check_types(parser: argparse.ArgumentParser, opts: argparse.Namespace, sourc
         if key in ("help", "config", "resume") or not hasattr(opts, key):
             continue
         value = getattr(opts, key)
+        if value is False and action.choices and "off" in action.choices:
+            value = "off"  # YAML 1.1 reads a bare `off` as false
         kind = action.type
         if action.nargs in ("+", "*"):
             if not isinstance(value, (list, tuple)) or not value:

@@ -36,7 +36,9 @@ from utils.errors import PECRError, cli
 from utils.io import atomic_write_text, check_writable
 
 
-RUN_LOCAL = ("device", "resume")  # options of the training machine / session that test.py does not inherit
+# options of the training machine / session that test.py does not inherit: --amp too, a speed option
+# of the machine (a bf16-trained checkpoint is evaluated in float32 unless --amp bf16 is given here)
+RUN_LOCAL = ("device", "resume", "amp")
 
 
 def ambiguous_file(opts) -> Path | None:
@@ -69,6 +71,8 @@ def infer(model: PECR, dataset: WTALDataset, opts, timings: dict | None = None) 
     The prompt text features are computed once per pass; test-time sampling draws from a
     generator seeded with ``opts.seed``, so a pass is reproducible and leaves the global RNG alone.
     Adds the seconds spent in the model to ``timings["model"]``.
+    The model runs at its own precision (``model.amp``: under ``--amp bf16`` the head and text
+    transformer in bfloat16, the CAS in float32); proposals and mAP are computed as always.
     """
     was_training = model.training
     model.eval()

@@ -265,6 +265,9 @@ class CLIP(nn.Module):
 
         Adds the first L positional embeddings, runs the causal transformer, and projects the
         final-LayerNorm output at each row's pooling position ``tokens.argmax(-1)`` (the EOT token).
+        Under ``torch.autocast`` (PECR's ``--amp``) the transformer's linear layers and attention run
+        in the autocast dtype; its LayerNorms and residual stream, the pooling and the projection
+        stay float32.
         """
         length = embeddings.shape[1]
         if length > self.context_length or tokens.shape != embeddings.shape[:2]:
@@ -272,8 +275,11 @@ class CLIP(nn.Module):
                             f"need (N, L, {self.transformer_width}) and (N, L) with L <= {self.context_length}")
         x = embeddings.type(self.dtype) + self.positional_embedding[:length]
         x = self.transformer(x, causal=True)
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]     # (N, W)
-        return self.ln_final(x) @ self.text_projection
+        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)])  # (N, W)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return x.float() @ self.text_projection.float()
+        return x @ self.text_projection
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (logits_per_image (N_img, N_txt), logits_per_text (N_txt, N_img)): scaled cosine similarities."""

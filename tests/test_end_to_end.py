@@ -182,7 +182,7 @@ def test_non_finite_loss_stops_with_the_term_and_iteration(tmp_path, monkeypatch
             total = total + terms["guide"]
         return total, terms
 
-    run.criterion = poisoned
+    run.step_criterion = poisoned
     with pytest.raises(PECRError, match=r"'guide' is nan at iteration 2.*last.pt \(iteration 1\) is intact"):
         run.train()
     assert load_checkpoint(tmp_path / "out" / "run" / "last.pt")["iteration"] == 1  # the last good one

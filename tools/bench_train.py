@@ -8,11 +8,21 @@ it the irreducible part alone: forward + backward of the CO2-Net convolutions an
 linear layers at the same shapes. ``overhead_fraction`` = 1 - irreducible / step is everything
 else (text encoder, element-wise ops, sampling, CAS, mining, losses, data, optimizer); the target
 is < 0.25, with peak memory (process max RSS) < 2 GB. Prints one JSON line.
+
+``--amp bf16`` compares mixed precision with float32 in the same run, on the same model and data:
+each round times one float32 step (and its components) and one bf16 step (``bf16_*`` keys), and
+``bf16_step_ratio`` is the median over rounds of bf16 / float32 step time, so both see the same
+load; target <= 0.6 on a CPU with AVX512-BF16. Memory: after the timed rounds, one more step of
+each precision after glibc's ``malloc_trim`` (the freed memory of earlier steps goes back to the
+OS, so neither step's peak reads memory the other left in the heap): ``step_memory_mb`` = peak RSS
+during the step minus RSS before it, per precision (``train_peak_rss_mb`` stays the float32 steps'
+peak, which then also holds what the bf16 steps left in the heap).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -56,6 +66,17 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> bool:
         import ctypes
 
         return bool(ctypes.CDLL("libc.so.6").mallopt(-3, nbytes))  # M_MMAP_THRESHOLD = -3
+    except (OSError, AttributeError):
+        return False
+
+
+def trim_heap() -> bool:
+    """glibc only: give the free memory of the heap back to the OS (malloc_trim), so the RSS is the live memory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
     except (OSError, AttributeError):
         return False
 
@@ -113,17 +134,24 @@ class FeatureBank:
 def head_step(model, features: torch.Tensor) -> None:
     """Forward + backward of the PECR head alone (consensus modules, fusion, adapter, with every
     element-wise op and dropout), without text encoder, sampling, CAS or losses."""
-    from model import drop_lrelu
-
-    S = model.feature_size // 2
-    x = features.transpose(1, 2)
-    rgb, flow = x.split(S, dim=1)
-    filtered = torch.cat([model.consensus_v.filter(rgb, flow), model.consensus_f.filter(flow, rgb)], dim=1)
-    att_v, att_f = model.consensus_v.attend(filtered[:, :S]), model.consensus_f.attend(filtered[:, S:])
-    f0 = drop_lrelu(model.fusion1(filtered), model.fusion_drop)
-    f1 = F.leaky_relu(model.fusion_drop(model.fusion2(f0)).transpose(1, 2).contiguous(), 0.2, inplace=True)
-    mu, var = model.adapter(f1)
+    att_v, att_f, _, _, mu, var = model.head(features)
     (mu.sum() + var.sum() + att_v.sum() + att_f.sum()).backward()
+
+
+def in_precision(model, amp: str, fn):
+    """``fn(features)`` for a head component at the model's ``amp`` precision: the features cast and
+    autocast on, as PECR.forward does (float32: called as is)."""
+    from model import AMP_DTYPES
+
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return fn
+    device_type = model.fusion1.weight.device.type
+
+    def run(features):
+        with torch.autocast(device_type, dtype=dtype):
+            return fn(features.to(dtype))
+    return run
 
 
 def irreducible_step(model, features: torch.Tensor) -> None:
@@ -181,63 +209,93 @@ def main(argv: list[str] | None = None) -> None:
     B, T = opts.batch_size, opts.max_seqlen
     setup_mb = rss_mb("VmRSS")
     peak_reset = reset_peak()
+    # float32 first (its figures keep the plain names), then the --amp precision (keys prefixed "bf16_")
+    precisions = {"off": ""} if opts.amp == "off" else {"off": "", opts.amp: f"{opts.amp}_"}
 
-    def train_step():
-        with timer("data"):
+    def train_step(prefix=""):
+        with timer(prefix + "data"):
             feats, clip_feats, labels = bank.batch(rng, B, T, device)
-        with timer("forward"):
+        with timer(prefix + "forward"):
             out = model(feats)
-        with timer("loss"):
+        with timer(prefix + "loss"):
             total, _ = criterion(out, labels, clip_feats)
-        with timer("backward"):
+        with timer(prefix + "backward"):
             total.backward()
-        with timer("optimizer"):
+        with timer(prefix + "optimizer"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return feats
 
-    feats = train_step()  # warm-up: allocators, kernels, optimizer state
-    train_peak_mb = rss_mb("VmHWM")  # peaks are taken over training steps only, not the components
-    components = {"text_encoder": lambda: model.encode_text().sum().backward(),
-                  "head": lambda: head_step(model, feats), "irreducible": lambda: irreducible_step(model, feats)}
-    for name, fn in components.items():  # warm-up
-        fn()
-        optimizer.zero_grad(set_to_none=True)
-    parts = ("data", "forward", "loss", "backward", "optimizer")
-    # Interleaved rounds: one training step, then each component alone, so that every ratio compares
-    # runs made under the same load (the CPU may be shared); figures are medians over rounds.
-    for _ in range(args.steps):
-        reset_peak()
-        feats = train_step()
-        train_peak_mb = max(train_peak_mb, rss_mb("VmHWM"))
-        for name, fn in components.items():
-            with timer(name):
-                fn()
+    def components(amp):
+        return {"text_encoder": lambda: model.encode_text().sum().backward(),
+                "head": lambda: in_precision(model, amp, lambda x: head_step(model, x))(feats),
+                "irreducible": lambda: in_precision(model, amp, lambda x: irreducible_step(model, x))(feats)}
+
+    for amp, prefix in precisions.items():  # warm-up: allocators, kernels, optimizer state
+        model.amp = amp
+        feats = train_step(prefix)
+        if amp == "off":
+            train_peak_mb = rss_mb("VmHWM")  # peaks are taken over float32 training steps only
+        for fn in components(amp).values():
+            fn()
             optimizer.zero_grad(set_to_none=True)
+    parts = ("data", "forward", "loss", "backward", "optimizer")
+    # Interleaved rounds: one training step, then each component alone (per precision), so that every
+    # ratio compares runs made under the same load (the CPU may be shared); figures are medians over rounds.
+    for _ in range(args.steps):
+        for amp, prefix in precisions.items():
+            model.amp = amp
+            reset_peak()
+            feats = train_step(prefix)
+            if amp == "off":
+                train_peak_mb = max(train_peak_mb, rss_mb("VmHWM"))
+            for name, fn in components(amp).items():
+                with timer(prefix + name):
+                    fn()
+                optimizer.zero_grad(set_to_none=True)
 
     med = lambda xs: round(statistics.median(xs), 4)
     result = {"bench": "train", "device": str(device), "threads": torch.get_num_threads(),
               "load_avg_1min": round(os.getloadavg()[0], 2), "batch": B, "T": T, "K": opts.num_prob_v,
               "feature_size": opts.feature_size, "clip": opts.clip_backbone, "classes": model.num_classes,
-              "adam": args.adam, "steps": args.steps}
+              "adam": args.adam, "steps": args.steps, "amp": opts.amp}
+    rounds = range(1, args.steps + 1)  # index 0 of the training parts is the warm-up step (components: untimed)
     for tag, table in (("", timer.wall), ("cpu_", timer.cpu)):
-        rounds = range(1, args.steps + 1)  # index 0 of the training parts is the warm-up step
-        steps = [sum(table[k][i] for k in parts) for i in rounds]
-        result[f"{tag}step_s"] = med(steps)
-        result.update({f"{tag}{k}_s": med(table[k][1:]) for k in parts})
-        result.update({f"{tag}{k}_fwd_bwd_s": med(table[k]) for k in components})
-        # everything but the convolutions and adapter linears: text encoder, element-wise ops and
-        # dropout, sampling, CAS, mining, losses, data, optimizer
-        result[f"{tag}overhead_fraction"] = med([1 - table["irreducible"][i - 1] / steps[i - 1] for i in rounds])
-        # everything outside the CO2-Net head + adapter: text encoder, sampling, CAS, mining, losses,
-        # data, optimizer
-        result[f"{tag}outside_head_fraction"] = med([1 - table["head"][i - 1] / steps[i - 1] for i in rounds])
+        steps = {}
+        for amp, prefix in precisions.items():
+            steps[amp] = [sum(table[prefix + k][i] for k in parts) for i in rounds]
+            name = lambda key: f"{prefix}{tag}{key}"
+            result[name("step_s")] = med(steps[amp])
+            result.update({name(f"{k}_s"): med(table[prefix + k][1:]) for k in parts})
+            result.update({name(f"{k}_fwd_bwd_s"): med(table[prefix + k]) for k in components(amp)})
+            # everything but the convolutions and adapter linears: text encoder, element-wise ops and
+            # dropout, sampling, CAS, mining, losses, data, optimizer
+            result[name("overhead_fraction")] = med([1 - table[prefix + "irreducible"][i - 1] / s
+                                                     for i, s in zip(rounds, steps[amp])])
+            # everything outside the CO2-Net head + adapter: text encoder, sampling, CAS, mining, losses,
+            # data, optimizer
+            result[name("outside_head_fraction")] = med([1 - table[prefix + "head"][i - 1] / s
+                                                         for i, s in zip(rounds, steps[amp])])
+        if opts.amp != "off":  # paired within each round: both precisions ran under the same load
+            result[f"{opts.amp}_{tag}step_ratio"] = med([a / b for a, b in zip(steps[opts.amp], steps["off"])])
     bank_mb = (bank.features.nbytes + bank.clip.nbytes) / 2**20
     result.update({"setup_rss_mb": round(setup_mb, 1), "train_peak_rss_mb": round(train_peak_mb, 1),
                    "train_peak_rss_mb_without_data": round(train_peak_mb - bank_mb, 1),
                    "peak_is_training_only": peak_reset, "fixed_mmap_threshold": mmap_fixed,
                    "feature_bank_mb": round(bank_mb, 1),
                    "trainable_params": sum(p.numel() for p in trainable)})
+    if opts.amp != "off":
+        memory, trimmed = {}, True
+        for amp, prefix in precisions.items():
+            model.amp = amp
+            gc.collect()
+            trimmed = trim_heap() and trimmed
+            before = rss_mb("VmRSS")
+            reset_peak()
+            train_step(prefix)
+            memory[amp] = round(rss_mb("VmHWM") - before, 1)
+        result["step_memory_mb"], result["step_memory_heap_trimmed"] = memory, trimmed
+        result[f"{opts.amp}_memory_ratio"] = round(memory[opts.amp] / memory["off"], 3)
     print(json.dumps(result))
 
 
