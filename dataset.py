@@ -1,11 +1,11 @@
-"""W-TALC / CO2-Net data: I3D + CLIP snippet features, video labels, training batches (SPEC §1).
+"""W-TALC / CO2-Net data: I3D + CLIP snippet features, video labels, training batches (docs/method.md §1).
 
     data = WTALDataset(opts)                     # reads and validates everything once
     batch = data.train_batch(rng, device)        # TrainBatch: features (B,L,F), clip_features (B,L,D), labels (B,C)
     for video in data.test_videos(device):       # TestVideo: features (1,T,F), clip_features (1,T,D), labels (C,)
         ...
 
-On-disk layout (SPEC §1.1): ``opts.feature_file`` is an object ``.npy`` array holding one
+On-disk layout (docs/method.md §1.1): ``opts.feature_file`` is an object ``.npy`` array holding one
 ``(T_i, feature_size)`` array per video, in the order of ``<annotation_dir>/videoname.npy``, or a
 folder of per-video ``<video>.npy`` files; ``<clip_feature_dir>/<split>/<video>.npy`` holds the
 ``(T_i, D_clip)`` CLIP features of one video (``split`` = ``opts.clip_train_split`` for training
@@ -46,7 +46,7 @@ OPTIONAL_ANNOTATIONS = ("original_fps", "extracted_fps")
 
 
 def class_phrase(name: str) -> str:
-    """Class name -> lower-case words for the text prompt, the default rule (SPEC §1.2).
+    """Class name -> lower-case words for the text prompt, the default rule (docs/method.md §1.2).
 
     ActivityNet names already contain spaces and are lower-cased ("Bathing dog" -> "bathing dog");
     CamelCase THUMOS14 names are split at case changes ("CleanAndJerk" -> "clean and jerk").
@@ -96,7 +96,7 @@ def class_phrases(classlist: list[str], phrase_file: str | Path | None = None) -
 
 
 def random_perturb(rng: np.random.Generator, lengths: np.ndarray, seqlen: int) -> np.ndarray:
-    """Random perturbation (SPEC §1.3): ``seqlen`` snippet indices per video, (B,) -> (B, seqlen) int64.
+    """Random perturbation (docs/method.md §1.3): ``seqlen`` snippet indices per video, (B,) -> (B, seqlen) int64.
 
     [0, T) is split into L = ``seqlen`` bins with edges i*T/L. As in the release, bin i draws one
     integer uniformly from the snippets it touches, [floor(i*T/L), floor((i+1)*T/L)] (both ends
@@ -314,7 +314,7 @@ def multi_hot(labels_all: list[list[str]], classlist: list[str], where: str, vid
 
 
 class WTALDataset:
-    """Everything PECR reads, loaded and validated once (SPEC §1).
+    """Everything PECR reads, loaded and validated once (docs/method.md §1).
 
     Attributes: ``classlist`` / ``class_phrases`` (C), ``num_classes``, ``feature_size`` (F),
     ``clip_dim`` (D), ``video_names`` (N, annotation order), ``subsets``, ``durations`` (N,),
@@ -562,7 +562,7 @@ class WTALDataset:
         return self._i3d.video(index, t), self._clip.video(index, t)
 
     def sample_videos(self, rng: np.random.Generator) -> np.ndarray:
-        """(batch_size,) training video ids (SPEC §1.3).
+        """(batch_size,) training video ids (docs/method.md §1.3).
 
         ``num_similar`` classes are drawn uniformly with replacement among the classes with at
         least two training videos; for each, two distinct training videos of that class fill

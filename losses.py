@@ -1,4 +1,4 @@
-"""PECR training losses (SPEC §3): video loss (CO2-Net) + probabilistic loss.
+"""PECR training losses (docs/method.md §3): video loss (CO2-Net) + probabilistic loss.
 
     criterion = PECRLoss(opts)
     total, terms = criterion(out, labels, clip_features)   # terms: weighted scalars for logging
@@ -8,7 +8,7 @@ Term names (each already multiplied by its weight, total = their sum):
 ``metric_action`` (α5), ``metric_background`` (α6), ``orthogonality`` (α7).
 A term whose weight is 0 is not computed (reported as 0).
 
-Snippet mining (SPEC §3.2) works on the attention A detached: the masks, medians and
+Snippet mining (docs/method.md §3.2) works on the attention A detached: the masks, medians and
 selections carry no gradient (as in the release); gradients reach the model through the
 (mu, v) of the selected snippets. Top-k selections use a stable descending sort, so among
 equal scores the lowest snippet index wins (torch.topk's tie order is unspecified; this
@@ -55,7 +55,7 @@ def mil_loss(cas: Tensor, labels: Tensor, topk: int, background: float) -> Tenso
 
 
 def coactivity_loss(f0: Tensor, scores: Tensor, labels: Tensor, num_similar: int, margin: float = 0.5) -> Tensor:
-    """Co-activity similarity loss over the pairs (2i, 2i+1), i < num_similar (SPEC §3.1).
+    """Co-activity similarity loss over the pairs (2i, 2i+1), i < num_similar (docs/method.md §3.1).
 
     f0 (B, T, F), scores (B, T, C+1) (the suppressed CAS), labels (B, C) -> scalar.
     Pairs beyond the batch are skipped; when no pair shares a class (denominator 0) the loss is 0;
@@ -165,7 +165,7 @@ def mining_mask(shape: tuple[int, int], p: float, device=None, generator: torch.
 def mine_snippets(attention: Tensor, k_easy: int, k_hard: int, width_M: int, width_m: int,
                   mode: str = "reference", dropout: float = 0.6, mask: Tensor | None = None,
                   generator: torch.Generator | None = None) -> Mined:
-    """Easy / hard action and background snippets from the attention A (B, T) (SPEC §3.2, after CoLA).
+    """Easy / hard action and background snippets from the attention A (B, T) (docs/method.md §3.2, after CoLA).
 
     easy: one dropout ``mask`` (B, T) (drawn from ``generator`` when not given) shared by
     easy action = top k_easy of A*mask and easy background = top k_easy of (max_t A - A)*mask.
@@ -247,7 +247,7 @@ def metric_learning_loss(query: tuple[Tensor, Tensor], positive: tuple[Tensor, T
 # ----------------------------------------------------------------------------- total
 
 class PECRLoss:
-    """Total training loss of SPEC §3 from a :class:`model.PECROutput` (training form).
+    """Total training loss of docs/method.md §3 from a :class:`model.PECROutput` (training form).
 
     __call__(out, labels (B, C), clip_features (B, T, D), generator=None, mining_mask=None)
     -> (total scalar, {name: weighted scalar}). ``generator`` / ``mining_mask`` fix the easy-mining

@@ -1,18 +1,18 @@
-"""PECR model (SPEC §2): CO2-Net cross-modal consensus head, probabilistic adapter, CLIP prompt
+"""PECR model (docs/method.md §2): CO2-Net cross-modal consensus head, probabilistic adapter, CLIP prompt
 text features and the class activation sequence (CAS).
 
     model = build_model(opts, dataset.class_phrases, device)
     out = model(features)                    # features (B, T, F) -> PECROutput
 
 Layouts: the convolutions run on (B, channels, T); every tensor of :class:`PECROutput` is
-time-major (B, T, ·). All internal widths scale with the I3D feature size F (SPEC §2.1 is
+time-major (B, T, ·). All internal widths scale with the I3D feature size F (docs/method.md §2.1 is
 F = 2048): streams S = F/2 (RGB | flow), hidden H = F/4, fusion F. D is the CLIP embedding width.
 
 The text side is injected: ``text_encoder()`` must return the (C+1, D) text features (a
 ``clip.PromptLearner`` in production, any module in tests). Only its trainable parameters are
 trained; the frozen CLIP inside it gets no gradient.
 
-The reconstruction branch r of SPEC §2.1 is kept as a layer (``decoder``, for checkpoint
+The reconstruction branch r of docs/method.md §2.1 is kept as a layer (``decoder``, for checkpoint
 compatibility) but ``forward`` does not compute it: no loss uses it, so skipping it changes no
 number and saves one convolution per module. Its parameters therefore never receive a gradient.
 
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from utils.errors import PECRError
 
-SLOPE = 0.2  # LeakyReLU slope everywhere (SPEC §2.1)
+SLOPE = 0.2  # LeakyReLU slope everywhere (docs/method.md §2.1)
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the head and text transformer
 
 
@@ -70,7 +70,7 @@ class Dropout(nn.Dropout):
 
 
 def drop_lrelu(x: Tensor, drop: nn.Dropout) -> Tensor:
-    """Drop(LReLU(x)) of SPEC §2.1, computed as LReLU(Drop(x)): equal (up to float rounding) because
+    """Drop(LReLU(x)) of docs/method.md §2.1, computed as LReLU(Drop(x)): equal (up to float rounding) because
     LReLU is positively homogeneous and dropout multiplies by 0 or 1/(1-p) >= 0, with the same mask.
     This order keeps one activation per layer alive for backward instead of two (-100 MB at the
     THUMOS14 shapes)."""
@@ -114,7 +114,7 @@ def xavier_init_(module: nn.Module) -> None:
 
 
 class CrossModalConsensus(nn.Module):
-    """One cross-modal consensus module (SPEC §2.1): main x filtered by a consensus with auxiliary y.
+    """One cross-modal consensus module (docs/method.md §2.1): main x filtered by a consensus with auxiliary y.
 
     forward(x (B, S, T), y (B, S, T)) -> attention (B, T), filtered x' (B, S, T).
     """
@@ -152,7 +152,7 @@ class CrossModalConsensus(nn.Module):
 
 
 class ProbabilisticAdapter(nn.Module):
-    """SPEC §2.3: (B, T, F) -> mu (B, T, D), v = ReLU(Linear) (B, T, D)."""
+    """docs/method.md §2.3: (B, T, F) -> mu (B, T, D), v = ReLU(Linear) (B, T, D)."""
 
     def __init__(self, feature_size: int, clip_dim: int):
         super().__init__()
@@ -164,7 +164,7 @@ class ProbabilisticAdapter(nn.Module):
 
 
 def train_cas(mu: Tensor, var: Tensor, text: Tensor, noise_mean: Tensor, temperature: float) -> Tensor:
-    """Training CAS through the exact shortcut of SPEC §2.3.
+    """Training CAS through the exact shortcut of docs/method.md §2.3.
 
     mean_k <z_k, W> = <mu + exp(v/2) * eps_bar, W> with eps_bar = mean_k eps_k ~ N(0, I/K).
     mu, var, noise_mean (B, T, D), text (C+1, D) -> (B, T, C+1).
@@ -178,7 +178,7 @@ def sample(mu: Tensor, var: Tensor, eps: Tensor) -> Tensor:
 
 
 class PECR(nn.Module):
-    """PECR: CO2-Net head + probabilistic adapter + prompt text features (SPEC §2).
+    """PECR: CO2-Net head + probabilistic adapter + prompt text features (docs/method.md §2).
 
     forward(features (B, T, F), text_features=None, generator=None, return_samples=False) -> PECROutput,
     float32 whatever ``amp`` (see the module docstring).
@@ -269,7 +269,7 @@ class PECR(nn.Module):
         return PECROutput(cas, (att_v + att_f) / 2, att_v, att_f, f0, f1, mu, var, text, samples)
 
     def head(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The CO2-Net head and the adapter (SPEC §2.1, §2.3): features (B, T, F) -> attention A_V, A_F
+        """The CO2-Net head and the adapter (docs/method.md §2.1, §2.3): features (B, T, F) -> attention A_V, A_F
         (B, T), fusion features F0, F1 (B, T, F), mu, v (B, T, D)."""
         S = self.feature_size // 2
         x = features.transpose(1, 2)                                  # (B, F, T)

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--deterministic", type=B, default=False, help="deterministic algorithms (bitwise-repeatable CUDA runs, slower); CPU runs are repeatable anyway")
     g.add_argument("--resume", type=B, nargs="?", const=True, default=False, help="continue the run in <output-dir>/<model-name>/ from its last checkpoint")
 
-    g = p.add_argument_group("data (SPEC §1)")
+    g = p.add_argument_group("data (docs/method.md §1)")
     g.add_argument("--feature-file", dest="feature_file", default=None, help="I3D joint features (T_i x feature_size per video): an object .npy array in videoname.npy order, or a folder of <video>.npy files")
     g.add_argument("--feature-loading", dest="feature_loading", choices=("auto", "memory", "lazy"), default="auto", help="memory: every feature read, checked and stacked in RAM at start (fastest batches); lazy: per-video files memory-mapped and read when used (RAM does not grow with the dataset; needs a feature folder); auto: memory up to --feature-memory-gb, else lazy")
     g.add_argument("--features-on-device", dest="features_on_device", choices=("auto", "on", "off"), default="auto", help="keep the in-memory features on the training device and gather batches there: auto = on CUDA when they take at most half of its free memory, on = always, off = copy each batch from (pinned) host memory; the same values either way")
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--synthetic-difficulty", dest="synthetic_difficulty", type=float, default=0.5, help="0 = trivially separable, 1 = signal buried in noise")
     g.add_argument("--synthetic-seed", dest="synthetic_seed", type=int, default=0, help="seed of the generated data")
 
-    g = p.add_argument_group("model (SPEC §2)")
+    g = p.add_argument_group("model (docs/method.md §2)")
     g.add_argument("--clip-backbone", dest="clip_backbone", default="RN50", help="CLIP checkpoint: RN50 or ViT-B/16 (official weights, downloaded once and verified), a checkpoint file of any OpenAI CLIP architecture, or random-tiny / random-RN50 / random-ViT-B/16 (random weights)")
     g.add_argument("--clip-download-root", dest="clip_download_root", type=_optional_path, default=None, help="cache folder of CLIP checkpoints and the vocabulary (default: $PECR_CLIP_ROOT, else ~/.cache/clip)")
     g.add_argument("--clip-vocab", dest="clip_vocab", type=_optional_path, default=None, help="path of bpe_simple_vocab_16e6.txt.gz (default: $PECR_CLIP_VOCAB, the cache, or download)")
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-sampling", dest="test_sampling", choices=("sample", "mean"), default="sample", help="sample: K seeded samples at test time as released; mean: z = mu")
     g.add_argument("--amp", choices=("off", "bf16"), default="off", help="mixed precision (a speed option, training and evaluation): bf16 runs the convolutions and linear layers of the head and adapter (with the element-wise ops between them) and the frozen CLIP text transformer's linears and attention in bfloat16 under torch.autocast; the CAS and its temperature, test-time sampling, softmaxes, logs, metric distances, CLIP distillation, every loss, the weights, the optimizer and checkpoints stay float32. For CPUs with BF16 instructions (AVX512-BF16, AMX) and recent GPUs; test.py does not inherit it from the checkpoint")
 
-    g = p.add_argument_group("losses (SPEC §3)")
+    g = p.add_argument_group("losses (docs/method.md §3)")
     g.add_argument("--train-topk", dest="train_topk", type=int, default=None, help="MIL k = max(1, T // train_topk)")
     g.add_argument("--alpha0", type=float, default=0.8, help="weight of the MIL classification loss")
     g.add_argument("--alpha1", type=float, default=0.8, help="weight of the attention norm loss")
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metric", choices=("kl", "bhattacharyya", "mahalanobis", "euclidean"), default="kl", help="distance between diagonal Gaussians")
     g.add_argument("--var-eps", dest="var_eps", type=float, default=1e-5, help="added to v to form sigma^2")
 
-    g = p.add_argument_group("optimisation (SPEC §4)")
+    g = p.add_argument_group("optimisation (docs/method.md §4)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     g.add_argument("--weight-decay", dest="weight_decay", type=float, default=None, help="Adam weight decay")
     g.add_argument("--max-iter", dest="max_iter", type=int, default=None, help="training iterations (0 .. max_iter-1)")
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=500, help="also write last.pt (the --resume point) every this many iterations")
     g.add_argument("--eval-at-start", dest="eval_at_start", type=B, default=False, help="also evaluate the untrained model at iteration 0")
 
-    g = p.add_argument_group("inference and proposals (SPEC §5)")
+    g = p.add_argument_group("inference and proposals (docs/method.md §5)")
     g.add_argument("--test-topk", dest="test_topk", type=int, default=20, help="video score k = max(1, T // test_topk)")
     g.add_argument("--vid-thresh", dest="vid_thresh", type=float, default=0.2, help="video-level class score threshold")
     g.add_argument("--cas-s", dest="cas_s", type=float, default=0.0, help="first CAS threshold")
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nms-sigma", dest="nms_sigma", type=float, default=0.3, help="Gaussian soft-NMS sigma")
     g.add_argument("--cls-topk", dest="cls_topk", choices=("release", "paper"), default="release", help="classification k: release = 1 (max over time), paper = ceil(T/8)")
 
-    g = p.add_argument_group("evaluation (SPEC §6)")
+    g = p.add_argument_group("evaluation (docs/method.md §6)")
     g.add_argument("--protocol", choices=("thumos", "activitynet"), default=None, help="reported thresholds, averages and best-checkpoint criterion; a YAML file (e.g. a dataset description) may give its own as a mapping {reported, averages, criterion} (see eval/report.py)")
     g.add_argument("--tiou-thresholds", dest="tiou_thresholds", type=float, nargs="+", default=None, help="tIoU thresholds of detection mAP")
     g.add_argument("--save-raw", dest="save_raw", type=B, default=False, help="also write raw_predictions.npz (per-video CAS, attention A, A_V, A_F and what re-scoring needs) beside detections.json: test.py, and training's final evaluation in the run folder; re-score with python -m eval.rescore, plot with tools/visualize.py")

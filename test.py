@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on the test split (SPEC §5-§6).
+"""Evaluate a checkpoint on the test split (docs/method.md §5-§6).
 
     python test.py --ckpt outputs/PECR/best.pt [--out-dir DIR] [any option of options.py]
     python test.py --ckpt PECR_release.pkl --dataset thumos        # the authors' released weights
@@ -50,7 +50,7 @@ def ambiguous_file(opts) -> Path | None:
 
 
 def load_reference(opts) -> Reference:
-    """Ground truth of every test-subset video with a segment (SPEC §6, as the release: segments of
+    """Ground truth of every test-subset video with a segment (docs/method.md §6, as the release: segments of
     videos dropped for being too short, ActivityNet1.2's <= 10 snippets, count as misses)."""
     gt = load_wtalc_ground_truth(opts.annotation_dir, opts.test_subset, True, opts.feature_fps, opts.snippet_frames)
     path = ambiguous_file(opts)

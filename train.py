@@ -1,4 +1,4 @@
-"""One training step (SPEC §3-§4): forward, PECR objective, backward, Adam update."""
+"""One training step (docs/method.md §3-§4): forward, PECR objective, backward, Adam update."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""PECR's own CLIP: model, tokenizer, loader and prompt learner (SPEC §2.2, §7).
+"""PECR's own CLIP: model, tokenizer, loader and prompt learner (docs/method.md §2.2, §7).
 
     model = clip.load("RN50")                       # or a file path, or "random-tiny"
     tokens = clip.tokenize(["clean and jerk"])      # (1, 77) int64

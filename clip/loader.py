@@ -14,7 +14,7 @@ from clip.model import CLIP, CONFIGS, build_model, random_model, tiny_config
 from utils.device import resolve_device
 from utils.errors import PECRError
 
-# The 64-hex folder of each URL is the file's SHA-256 (SPEC §7).
+# The 64-hex folder of each URL is the file's SHA-256 (docs/method.md §7).
 MODEL_URLS = {
     "RN50": "https://openaipublic.azureedge.net/clip/models/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
     "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",

@@ -1,4 +1,4 @@
-"""Learnable text prompts on a frozen CLIP (SPEC §2.2).
+"""Learnable text prompts on a frozen CLIP (docs/method.md §2.2).
 
 One table P (77 x W, N(0, init_std²)) is shared by all classes. The prompt of class c with BPE
 words w_1..w_n is P with position 0 = SOT embedding, positions prefix+1..prefix+n = the word

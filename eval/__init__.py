@@ -1,4 +1,4 @@
-"""Evaluation of PECR outputs (SPEC §5–§6).
+"""Evaluation of PECR outputs (docs/method.md §5–§6).
 
 - :mod:`eval.proposals`: CAS + attention of one video -> scored segments (snippet units).
 - :mod:`eval.detection`: ActivityNet-protocol detection AP / mAP at many tIoU thresholds (+ CLI).

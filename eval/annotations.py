@@ -1,4 +1,4 @@
-"""Ground truth from the W-TALC annotation folder (SPEC §1.1, §6) and its ActivityNet JSON form.
+"""Ground truth from the W-TALC annotation folder (docs/method.md §1.1, §6) and its ActivityNet JSON form.
 
 Snippet units: ``round(sec * fps / frames)`` for both start and end, evaluated as
 ``(sec * fps) / frames`` in float64 and rounded half to even (``np.round``, the same as

@@ -1,4 +1,4 @@
-"""Video-level classification (SPEC §5 last paragraph, §6).
+"""Video-level classification (docs/method.md §5 last paragraph, §6).
 
 Scores: ``softmax`` over all C+1 columns of the mean top-k of the raw CAS over time, with
 k = 1 (``mode="release"``: the release takes k from the batch dimension of a (1, T, D)

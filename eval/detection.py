@@ -1,4 +1,4 @@
-"""Temporal detection AP by the ActivityNet protocol (SPEC §6), vectorised and exact.
+"""Temporal detection AP by the ActivityNet protocol (docs/method.md §6), vectorised and exact.
 
 Protocol, per class and tIoU threshold θ:
 1. the class's predictions are ranked by score, descending; ties keep input order

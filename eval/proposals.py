@@ -1,4 +1,4 @@
-"""Scored segments of one test video from its CAS and attention (SPEC §5).
+"""Scored segments of one test video from its CAS and attention (docs/method.md §5).
 
     cfg = ProposalConfig.from_options(opts)
     df = video_proposals(cas, attention, cfg, "video_test_0000004")   # snippet units
@@ -43,7 +43,7 @@ COLUMNS = ["video-id", "label", "t-start", "t-end", "score"]
 
 @dataclass(frozen=True)
 class ProposalConfig:
-    """Inference constants of SPEC §5 (defaults = the release's THUMOS14 values)."""
+    """Inference constants of docs/method.md §5 (defaults = the release's THUMOS14 values)."""
 
     test_topk: int = 20
     vid_thresh: float = 0.2
@@ -178,7 +178,7 @@ def soft_nms(start: np.ndarray, end: np.ndarray, score: np.ndarray, sigma: float
 
 
 def video_proposals(cas, attention, cfg: ProposalConfig, video_id: str) -> pd.DataFrame:
-    """Scored segments of one video (SPEC §5 steps 1-5) -> table video-id, label (class index),
+    """Scored segments of one video (docs/method.md §5 steps 1-5) -> table video-id, label (class index),
     t-start, t-end (int snippets, [s, e+1)), score. cas (T, C+1) with background last, attention (T,)."""
     cas, attention = _inputs(cas, attention, video_id)
     energy = (cas * attention[:, None]).astype(np.float64)  # E (T, C+1)

@@ -1,4 +1,4 @@
-"""Result records, tables and the best-checkpoint criterion (SPEC §4, §6).
+"""Result records, tables and the best-checkpoint criterion (docs/method.md §4, §6).
 
 A metrics record (one line of metrics.jsonl), all values fractions::
 

@@ -1,4 +1,4 @@
-"""Prompt learner (SPEC §2.2): prompt positions, background row, truncated run, gradients, frozen CLIP."""
+"""Prompt learner (docs/method.md §2.2): prompt positions, background row, truncated run, gradients, frozen CLIP."""
 from __future__ import annotations
 
 import pytest
@@ -23,7 +23,7 @@ def learner(model, clip_vocab):
 
 
 def spec_prompts(model, table, phrases, prefix, postfix):
-    """SPEC §2.2 written out position by position over the full 77-token context:
+    """docs/method.md §2.2 written out position by position over the full 77-token context:
     (C+1, 77, W) embeddings and (C+1, 77) ids whose argmax is each row's pooling position."""
     tokenizer = clip.get_tokenizer()
     emb = model.token_embedding.weight

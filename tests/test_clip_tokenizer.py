@@ -1,4 +1,4 @@
-"""CLIP tokenizer: SPEC §7 ids, round trips, context handling, vocabulary lookup and caching."""
+"""CLIP tokenizer: docs/method.md §7 ids, round trips, context handling, vocabulary lookup and caching."""
 from __future__ import annotations
 
 import gzip
@@ -50,7 +50,7 @@ def test_vocabulary_layout(tokenizer):
 
 
 def naive_clean(text: str) -> str:
-    """The cleaning SPEC §7 describes, written independently: ftfy, HTML unescape, whitespace
+    """The cleaning docs/method.md §7 describes, written independently: ftfy, HTML unescape, whitespace
     runs collapsed (Python's notion of whitespace), lower-case."""
     return " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split()).lower()
 

@@ -1,4 +1,4 @@
-"""dataset.py: W-TALC loading, class phrases, the training sampler (SPEC §1) and bad-input errors."""
+"""dataset.py: W-TALC loading, class phrases, the training sampler (docs/method.md §1) and bad-input errors."""
 from __future__ import annotations
 
 import math
@@ -17,7 +17,7 @@ from utils.errors import PECRError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SPEC_PHRASES = {  # SPEC §1.2, verbatim
+PAPER_PHRASES = {  # docs/method.md §1.2, verbatim
     "BaseballPitch": "baseball pitch", "BasketballDunk": "basketball dunk", "Billiards": "billiards",
     "CleanAndJerk": "clean and jerk", "CliffDiving": "cliff diving", "CricketBowling": "cricket bowling",
     "CricketShot": "cricket shot", "Diving": "diving", "FrisbeeCatch": "frisbee catch", "GolfSwing": "golf swing",
@@ -30,7 +30,7 @@ SPEC_PHRASES = {  # SPEC §1.2, verbatim
 # ----------------------------------------------------------------------------- a hand-written dataset
 def write_dataset(root: Path, features: list, clip: list, labels_all: list, subsets: list, *, classlist=("Jump", "Run", "Swim"),
                   labels: list | None = None, names: list | None = None, clip_split=("train", "test"), skip_clip=()) -> dict:
-    """Write the SPEC §1.1 layout by hand (independently of tools/make_synthetic.py); returns option overrides."""
+    """Write the docs/method.md §1.1 layout by hand (independently of tools/make_synthetic.py); returns option overrides."""
     n = len(features)
     names = names or [f"vid_{i:03d}" for i in range(n)]
     ann = root / "Annotations"
@@ -89,21 +89,21 @@ def coded(tmp_path):
     return paths, feats, clip, labels_all, subsets
 
 
-# ----------------------------------------------------------------------------- class phrases (SPEC §1.2)
+# ----------------------------------------------------------------------------- class phrases (docs/method.md §1.2)
 def test_class_phrase_matches_spec_table_for_all_thumos_names():
     """The default rule gives every THUMOS14 phrase but one; the THUMOS14 description's phrase file has that one."""
     phrase_file = parse_args(["--dataset", "thumos"]).class_phrases
     assert phrase_file == "configs/datasets/thumos_phrases.yaml"
-    names = list(SPEC_PHRASES)
-    assert ds.class_phrases(names, phrase_file) == [SPEC_PHRASES[n] for n in names]
-    assert [n for n in names if class_phrase(n) != SPEC_PHRASES[n]] == ["Shotput"]
+    names = list(PAPER_PHRASES)
+    assert ds.class_phrases(names, phrase_file) == [PAPER_PHRASES[n] for n in names]
+    assert [n for n in names if class_phrase(n) != PAPER_PHRASES[n]] == ["Shotput"]
     assert ds.read_phrase_file(ROOT / phrase_file) == {"Shotput": "shot put"}
 
 
 def test_class_phrase_real_thumos_classlist(thumos_annotations):
     classes = [c.decode() for c in np.load(thumos_annotations / "classlist.npy")]
-    assert sorted(classes) == sorted(SPEC_PHRASES)
-    assert ds.class_phrases(classes, parse_args([]).class_phrases) == [SPEC_PHRASES[c] for c in classes]
+    assert sorted(classes) == sorted(PAPER_PHRASES)
+    assert ds.class_phrases(classes, parse_args([]).class_phrases) == [PAPER_PHRASES[c] for c in classes]
 
 
 def test_class_phrase_activitynet_names_are_lower_cased(anet_annotations):
@@ -113,7 +113,7 @@ def test_class_phrase_activitynet_names_are_lower_cased(anet_annotations):
     assert class_phrase("Ping-pong") == "ping-pong"
 
 
-# ----------------------------------------------------------------------------- random perturbation (SPEC §1.3)
+# ----------------------------------------------------------------------------- random perturbation (docs/method.md §1.3)
 def naive_bins(T: int, L: int) -> list[tuple[int, int]]:
     """[low, high) of the candidates of every bin, written out as the release's rule reads:
     bin i < L-1 draws from floor(iT/L)..floor((i+1)T/L) inclusive when the floors differ, else
@@ -371,7 +371,7 @@ def test_loader_on_real_thumos_annotations(tmp_path, thumos_annotations):
     naive = np.array([[float(c in list(labels_all[v])) for c in data.classlist] for v in range(412)], np.float32)
     assert np.array_equal(data.labels, naive)
     assert data.labels[data.video_names.index("video_test_0000270")].sum() == 0  # empty labels_all in the release
-    assert data.class_phrases == [SPEC_PHRASES[c] for c in data.classlist]
+    assert data.class_phrases == [PAPER_PHRASES[c] for c in data.classlist]
     assert data.segments[0].shape[1] == 2 and len(data.segment_labels[0]) == len(data.segments[0])
     batch = data.train_batch(np.random.default_rng(0), device="cpu")
     assert batch.features.shape == (10, 320, 16) and batch.clip_features.shape == (10, 320, 8)

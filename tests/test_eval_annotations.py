@@ -1,4 +1,4 @@
-"""Ground truth from the W-TALC folder and the ActivityNet JSON converter (SPEC §1.1, §6)."""
+"""Ground truth from the W-TALC folder and the ActivityNet JSON converter (docs/method.md §1.1, §6)."""
 import json
 from collections import Counter
 

@@ -1,4 +1,4 @@
-"""Detection AP (SPEC §6): the vectorised evaluator against a naive per-prediction loop."""
+"""Detection AP (docs/method.md §6): the vectorised evaluator against a naive per-prediction loop."""
 import json
 
 import numpy as np

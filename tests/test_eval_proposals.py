@@ -1,4 +1,4 @@
-"""Proposals (SPEC §5): grouping, outer-inner contrast, soft-NMS, the full pipeline against a
+"""Proposals (docs/method.md §5): grouping, outer-inner contrast, soft-NMS, the full pipeline against a
 naive loop version, and the THUMOS14 ambiguous-region filter on the real file."""
 import math
 from types import SimpleNamespace

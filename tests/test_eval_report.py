@@ -1,4 +1,4 @@
-"""Metrics record, result tables and best-checkpoint criterion (SPEC §4, §6)."""
+"""Metrics record, result tables and best-checkpoint criterion (docs/method.md §4, §6)."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ from eval.report import format_table, metrics_record, selection_score
 from options import ANET_TIOU, THUMOS_TIOU
 from utils.errors import PECRError
 
-# The successor release's THUMOS14 figures (SPEC §8), as fractions, padded with 0.8 / 0.9.
+# The successor release's THUMOS14 figures (docs/method.md §8), as fractions, padded with 0.8 / 0.9.
 PUBLISHED = [0.7485, 0.6993, 0.6135, 0.5313, 0.4511, 0.3045, 0.1709, 0.06, 0.01]
 
 
@@ -20,7 +20,7 @@ def test_thumos_record_and_table():
     assert r["average_mAP"]["0.3:0.7"] == pytest.approx(np.mean(PUBLISHED[2:7]))
     assert json.loads(json.dumps(r)) == r  # one JSON line of metrics.jsonl
     table = format_table(r, "thumos")
-    # SPEC §8: mean(0.1:0.7) 50.27, mean(0.3:0.7) 41.43
+    # docs/method.md §8: mean(0.1:0.7) 50.27, mean(0.3:0.7) 41.43
     for cell in ["74.85", "17.09", "50.27", "41.43", "90.00", "avg 0.1:0.7", "avg 0.3:0.7", "iteration 3050"]:
         assert cell in table
     assert "6.00" not in table  # 0.8 and 0.9 are not reported

@@ -1,4 +1,4 @@
-"""PECR head, adapter and CAS (SPEC §2) on a narrow synthetic configuration with a fake text encoder;
+"""PECR head, adapter and CAS (docs/method.md §2) on a narrow synthetic configuration with a fake text encoder;
 the CLIP-dependent checks (real prompt learner, RN50-sized text tower) at the end."""
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def conv(layer, x):
 
 
 def ref_consensus(m, x, y):
-    """SPEC §2.1 formulas without dropout (eval), float64, consensus a(t) by an explicit loop."""
+    """docs/method.md §2.1 formulas without dropout (eval), float64, consensus a(t) by an explicit loop."""
     e = lrelu(conv(m.encoder, y))
     g = lrelu(conv(m.global_conv, x.mean(-1, keepdim=True)))[..., 0]     # (B, S)
     l = lrelu(conv(m.local_conv, e))                                      # (B, S, T)
@@ -132,8 +132,8 @@ def test_dropout_placement():
 
 
 def test_training_forward_matches_spec_with_recorded_dropout_masks():
-    """Record every dropout mask of a training forward, then rebuild SPEC §2.1 with Drop(LReLU(conv))
-    at the SPEC's places (e, g, l, first attention conv, before the sigmoid; both fusion layers)."""
+    """Record every dropout mask of a training forward, then rebuild docs/method.md §2.1 with Drop(LReLU(conv))
+    at the places docs/method.md §2.1 gives (e, g, l, first attention conv, before the sigmoid; both fusion layers)."""
     m = make_model().double().train()
     scales = []  # output / input of each dropout call, in call order
     hook = lambda mod, inp, out: scales.append(torch.where(inp[0] != 0, out / inp[0], torch.zeros_like(out)))

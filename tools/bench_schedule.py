@@ -9,7 +9,7 @@ Adam) in each precision variant, and one full test pass (212 videos: inference, 
 Variants: ``fp32`` (true float32), ``tf32`` (--tf32 true), ``bf16`` (--amp bf16), ``compiled``
 (--compile true, float32; its compilation time is reported apart). The estimated wall time of the
 schedule is ``max_iter`` steps plus one test pass per evaluation of ``main.should_evaluate``
-(121 for THUMOS14: every 50 iterations past 3000, and the last). Prints one JSON line.
+(120 for THUMOS14: every 50 iterations past 3000, the last one included). Prints one JSON line.
 """
 from __future__ import annotations
 

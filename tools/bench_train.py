@@ -110,7 +110,7 @@ class Timer:
 
 class FeatureBank:
     """In-memory stand-in for WTALDataset's stacked features: videos of random length, batches by
-    random perturbation (SPEC §1.3) through ``dataset.random_perturb``."""
+    random perturbation (docs/method.md §1.3) through ``dataset.random_perturb``."""
 
     def __init__(self, feature_size, clip_dim, num_classes, videos=8, seed=0):
         rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""Extract one CLIP image embedding per I3D snippet (SPEC §1.1): ``<out>/<videoname>.npy`` (T x D float32).
+"""Extract one CLIP image embedding per I3D snippet (docs/method.md §1.1): ``<out>/<videoname>.npy`` (T x D float32).
 
     python tools/extract_clip_features.py --videos videos/test --out features/MyData-CLIP/test \\
         --backbone RN50 [--fps 25 --snippet 16 --frame mid] [--device auto] [--batch-size 64]

@@ -1,4 +1,4 @@
-"""Planted-signal datasets in the exact W-TALC / CO2-Net on-disk layout (SPEC §1.1).
+"""Planted-signal datasets in the exact W-TALC / CO2-Net on-disk layout (docs/method.md §1.1).
 
     python tools/make_synthetic.py --out-root features/synthetic                       # random ground truth
     python tools/make_synthetic.py --out-root features/synthetic_thumos \\
@@ -378,7 +378,7 @@ def ensure_synthetic(opts, clip_dim: int, progress: bool | None = None) -> bool:
 
 # ----------------------------------------------------------------------------- CLI
 def dataset_paths(out_root: str | Path, name: str) -> dict:
-    """The SPEC §1.1 paths of dataset ``name`` under ``out_root``."""
+    """The docs/method.md §1.1 paths of dataset ``name`` under ``out_root``."""
     root = Path(out_root)
     return {"feature_file": root / name / f"{name}-I3D-JOINTFeatures.npy", "annotation_dir": root / f"{name}-Annotations",
             "clip_feature_dir": root / f"{name}-CLIP"}

@@ -1,5 +1,5 @@
 """PECR checkpoints: the model's own state (never the frozen CLIP weights unless asked), atomic
-writes, clear errors, and a loader for the authors' released checkpoints (SPEC §4).
+writes, clear errors, and a loader for the authors' released checkpoints (docs/method.md §4).
 
     save_checkpoint(path, {"model": model_state(model), "optimizer": opt.state_dict(), "iteration": it})
     ckpt = load_checkpoint(path)                 # PECRError: missing / corrupt / not a PECR checkpoint
@@ -160,7 +160,7 @@ def check_checkpoint(data: Any, path: str | os.PathLike) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- authors' release
 
 # The single table to adjust. Release module (model class TSM) -> our module; each maps its
-# ``.weight`` and ``.bias``. Top-level names are those of SPEC §4; inside vAttn / fAttn the release
+# ``.weight`` and ``.bias``. Top-level names are those of docs/method.md §4; inside vAttn / fAttn the release
 # names its nn.Sequential blocks AE_e (e), AE_d (r), channel_conv (g), bit_wise_attn (l) and
 # attention (convolutions at indices 0, 3, 5), as in the authors' public code (PVLR, same code base).
 _CONSENSUS = {
