@@ -31,7 +31,7 @@ from utils.checkpoint import load_checkpoint, load_model_state, model_state, sav
 from utils.device import resolve_device, set_float32_precision
 from utils.errors import PECRError, cli
 from utils.io import append_line, atomic_write_text, check_writable
-from utils.progress import interactive, progress
+from utils.progress import interactive
 from utils.seed import rng_state, seed_everything, set_rng_state
 
 # Options that describe the session, not the run: they may differ when a run is resumed.

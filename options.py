@@ -60,7 +60,8 @@ def _optional_path(value: str) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser with THUMOS14 defaults; presets and YAML are applied by :func:`parse_args`."""
+    """The parser with the defaults shared by every dataset (the data, protocol and training presets
+    are left unset); dataset descriptions and YAML files are applied by :func:`parse_args`."""
     p = argparse.ArgumentParser(
         description="PECR: Probabilistic Embedding with CLIP Representation for WTAL",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

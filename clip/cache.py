@@ -16,9 +16,9 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from tqdm import tqdm
 
 from utils.errors import PECRError
+from utils.progress import progress as progress_bar
 
 ROOT_ENV = "PECR_CLIP_ROOT"
 DEFAULT_ROOT = os.path.join("~", ".cache", "clip")
@@ -78,7 +78,7 @@ def download(url: str, root: str | os.PathLike, sha256: str | None = None, hint:
         with response, os.fdopen(fd, "wb") as out:
             total = response.length                      # Content-Length, None when not sent
             digest, received = hashlib.sha256(), 0
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
+            with progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
                       disable=not progress, leave=False) as bar:
                 while block := response.read(CHUNK):
                     out.write(block)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip
-from clip.model import CLIP, CONFIGS, SelfAttention, build_model, config_from_state_dict, random_model, tiny_config
+from clip.model import CLIP, SelfAttention, build_model, config_from_state_dict, random_model, tiny_config
 from utils.errors import PECRError
 
 TINY_RN = dict(embed_dim=32, image_resolution=64, vision_layers=(1, 2, 1, 1), vision_width=8, vision_patch_size=None,

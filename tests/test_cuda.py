@@ -19,7 +19,7 @@ import losses
 import main as train_main
 import options
 import test as test_cli
-from tests.test_end_to_end import interrupt_at, metrics, tiny_args
+from tests.test_end_to_end import interrupt_at, tiny_args
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tools/gpu_check.py runs these)")]

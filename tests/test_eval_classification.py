@@ -1,5 +1,4 @@
 """Video-level class scores and classification mAP (docs/method.md §5, §6) against loops and hand values."""
-import math
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Proposals (docs/method.md §5): grouping, outer-inner contrast, soft-NMS, the full pipeline against a
 naive loop version, and the THUMOS14 ambiguous-region filter on the real file."""
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd

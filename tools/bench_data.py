@@ -56,7 +56,7 @@ def snippet_counts(which: str, videos: int, rng: np.random.Generator) -> np.ndar
 
 def generate(folder: Path, which: str, videos: int, seed: int = 0) -> dict:
     """Per-video I3D and CLIP files + a W-TALC annotation folder (20 classes, half training)."""
-    from tqdm import tqdm
+    from utils.progress import progress
 
     from tools.convert_activitynet import Video, write_wtalc
 
@@ -71,7 +71,7 @@ def generate(folder: Path, which: str, videos: int, seed: int = 0) -> dict:
     for sub in ("I3D", "CLIP/train", "CLIP/test", "Annotations"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     items = []
-    for v, T in enumerate(tqdm(lengths, desc=f"writing {which}", unit="video")):
+    for v, T in enumerate(progress(lengths, desc=f"writing {which}", unit="video")):
         name, training = f"video_{v:05d}", v % 2 == 0
         rows = pool[(np.arange(T) * 7 + v) % len(pool)]
         np.save(folder / "I3D" / f"{name}.npy", rows[:, :I3D_DIM])

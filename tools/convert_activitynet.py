@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import PECRError, cli  # noqa: E402
+from utils.progress import progress as progress_bar  # noqa: E402
 
 REPORT = "conversion_report.txt"
 DESCRIPTION = "dataset.yaml"
@@ -100,13 +100,10 @@ class Report:
 # ----------------------------------------------------------------------------- reading
 def read_json(path: str | Path) -> dict[str, Any]:
     """The JSON file, checked to hold a ``database`` mapping."""
+    from eval.detection import read_json as read_any_json
+
     path = Path(path)
-    if not path.is_file():
-        raise PECRError(f"annotation file {path} not found; pass the ActivityNet-style JSON with --json")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PECRError(f"annotation file {path} is not valid JSON: {err}") from None
+    data = read_any_json(path, "annotation")
     if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
         raise PECRError(f"annotation file {path} has no 'database' mapping of videos; expected the ActivityNet layout "
                         '{"database": {video: {"subset", "duration", "annotations": [{"segment", "label"}]}}}')
@@ -253,7 +250,7 @@ def match_features(videos: list[Video], folder: Path, report: Report, fps: float
     widths = Counter(h.shape[1] for h in headers.values())
     if widths:
         report.feature_size = widths.most_common(1)[0][0]
-    for video in tqdm(kept, desc="checking features", unit="video", disable=None if progress is None else not progress):
+    for video in progress_bar(kept, desc="checking features", unit="video", disable=progress is False):
         header = headers[video.name]
         if header.shape[1] != report.feature_size:
             report.errors.append(f"I3D features {header.path} of video {video.name} are {header.shape[1]} wide, "

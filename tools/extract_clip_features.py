@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

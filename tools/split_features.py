@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.errors import PECRError, cli  # noqa: E402
+from utils.progress import progress as progress_bar  # noqa: E402
 from utils.io import atomic_save  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = 0
-    for name, x in zip(tqdm(names, desc="writing", unit="video"), videos):
+    for name, x in zip(progress_bar(names, desc="writing", unit="video"), videos):
         path = out / f"{name}.npy"
         if path.exists() and not args.overwrite:
             continue
