@@ -23,6 +23,7 @@ Every function taking ``protocol`` accepts a built-in name or such a mapping.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -131,13 +132,23 @@ def metrics_record(iteration: int, tiou: Sequence[float], mAP: Sequence[float], 
     return record
 
 
+def protocol_key(protocol: str | Mapping) -> str:
+    """A protocol's identity as text: a built-in's name, a declared protocol's sorted JSON."""
+    return protocol if isinstance(protocol, str) else json.dumps(protocol, sort_keys=True, default=str)
+
+
+def columns(protocol: str | Mapping) -> list[str]:
+    """The table columns of a protocol: its reported thresholds, ``avg NAME`` per average, ``cmAP``."""
+    p = resolve_protocol(protocol)
+    return [f"{t:g}" for t in p.reported] + [f"avg {name}" for name in p.averages] + ["cmAP"]
+
+
 def format_table(record: dict, protocol: str | Mapping) -> str:
     """Two-line table of a record in percent: reported thresholds, averages, classification mAP."""
     p = resolve_protocol(protocol)
-    reported, averages = p.reported, p.averages
-    values = _at(record["tiou"], record["mAP"], reported, p.name)
-    heads = [f"{t:g}" for t in reported] + [f"avg {name}" for name in averages] + ["cmAP"]
-    cells = [f"{100 * v:.2f}" for v in values] + [f"{100 * record['average_mAP'][n]:.2f}" for n in averages]
+    values = _at(record["tiou"], record["mAP"], p.reported, p.name)
+    heads = columns(protocol)
+    cells = [f"{100 * v:.2f}" for v in values] + [f"{100 * record['average_mAP'][n]:.2f}" for n in p.averages]
     cells.append("-" if record.get("cmAP") is None else f"{100 * record['cmAP']:.2f}")
     widths = [max(len(h), len(c)) for h, c in zip(heads, cells)]
     title = f"iteration {record['iteration']}" if "iteration" in record else ""

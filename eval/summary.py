@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from eval.report import PROTOCOLS, selection_score
+from eval.report import PROTOCOLS, columns, protocol_key, resolve_protocol, selection_score
 from options import SESSION_OPTIONS
 from utils.errors import PECRError
 from utils.io import atomic_save, atomic_write_text
@@ -66,8 +66,13 @@ class Group:
     label: str = ""
 
     @property
-    def protocol(self) -> str:
+    def protocol(self):
+        """The runs' ``protocol`` option: a built-in name or a declared mapping."""
         return self.options["protocol"]
+
+    @property
+    def protocol_key(self) -> str:
+        return protocol_key(self.protocol)
 
 
 @dataclass
@@ -162,17 +167,17 @@ def _read_options(run_dir: Path) -> dict:
     if not isinstance(opts, dict):
         raise PECRError(f"{path} does not hold a mapping of options")
     opts.setdefault("protocol", "thumos")
-    if opts["protocol"] not in PROTOCOLS:
-        raise PECRError(f"{path}: unknown protocol {opts['protocol']!r}")
+    resolve_protocol(opts["protocol"], f"protocol in {path}")  # PECRError when it is neither a name nor a mapping
     return opts
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    if not path.is_file() or not path.read_text().strip():
+    text = path.read_text() if path.is_file() else ""
+    if not text.strip():
         raise PECRError("no metrics.jsonl yet (the run has not evaluated)")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -197,14 +202,21 @@ def group_runs(runs: Sequence[RunResult]) -> list[Group]:
             opts = {k: v for k, v in run.options.items() if k not in NOT_GROUPED}
             key = json.dumps(opts, sort_keys=True, default=str)
             groups.setdefault(key, Group(key, opts)).runs.append(run)
-    for protocol in PROTOCOLS:
-        mine = [g for g in groups.values() if g.protocol == protocol]
+    for key in _protocol_keys(groups.values()):
+        mine = [g for g in groups.values() if g.protocol_key == key]
         keys = sorted({k for g in mine for k in g.options})
         varying = [k for k in keys if len({json.dumps(g.options.get(k), default=str) for g in mine}) > 1]
         for g in mine:
             g.label = ",".join(f"{k}={_text(g.options.get(k))}" for k in varying) or "all runs"
             g.runs.sort(key=lambda r: (str(r.seed), str(r.dir)))
-    return sorted(groups.values(), key=lambda g: (list(PROTOCOLS).index(g.protocol), g.label))
+    order = _protocol_keys(groups.values())
+    return sorted(groups.values(), key=lambda g: (order.index(g.protocol_key), g.label))
+
+
+def _protocol_keys(groups) -> list[str]:
+    """The protocols of ``groups``, built-in ones first (in PROTOCOLS order), then declared ones."""
+    keys = {g.protocol_key for g in groups}
+    return [k for k in PROTOCOLS if k in keys] + sorted(keys - set(PROTOCOLS))
 
 
 def _text(value) -> str:
@@ -215,21 +227,15 @@ def _text(value) -> str:
     return "none" if value is None else str(value)
 
 
-def columns(protocol: str) -> list[str]:
-    """The table columns of a protocol: its reported thresholds, its averages, cmAP."""
-    reported, averages = PROTOCOLS[protocol]
-    return [f"{t:g}" for t in reported] + [f"avg {name}" for name in averages] + ["cmAP"]
-
-
-def record_values(record: dict, protocol: str) -> dict[str, float | None]:
-    """Column -> value in percent (None: not in the record)."""
-    reported, averages = PROTOCOLS[protocol]
+def record_values(record: dict, protocol) -> dict[str, float | None]:
+    """Column (:func:`eval.report.columns`) -> value in percent (None: not in the record)."""
+    p = resolve_protocol(protocol)
     tiou = np.asarray(record["tiou"], dtype=np.float64)
     out = {}
-    for t in reported:
+    for t in p.reported:
         hit = np.flatnonzero(np.abs(tiou - t) < 1e-9)
         out[f"{t:g}"] = 100 * float(record["mAP"][hit[0]]) if hit.size else None
-    for name in averages:
+    for name in p.averages:
         value = record["average_mAP"].get(name)
         out[f"avg {name}"] = None if value is None else 100 * float(value)
     out["cmAP"] = None if record.get("cmAP") is None else 100 * float(record["cmAP"])
@@ -265,13 +271,11 @@ def format_markdown(groups: Sequence[Group], excluded: Sequence[RunResult], titl
              "mAP in percent: mean ± sample standard deviation over the runs of a group (seeds); "
              f"n = number of runs; \"{DASH}\" = no deviation with one run. *best*: the evaluation each run's "
              "selection criterion keeps (best.pt); *last*: its final evaluation.", ""]
-    for protocol in PROTOCOLS:
-        mine = [g for g in groups if g.protocol == protocol]
-        if not mine:
-            continue
-        heads = columns(protocol)
+    for key in _protocol_keys(groups):
+        mine = [g for g in groups if g.protocol_key == key]
+        heads, name = columns(mine[0].protocol), resolve_protocol(mine[0].protocol).name
         for evaluation in EVALUATIONS:
-            lines += [f"## {protocol} protocol, {evaluation} evaluation", "",
+            lines += [f"## {name} protocol, {evaluation} evaluation", "",
                       "| group | n | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(heads)]
             for g in mine:
                 stats = group_stats(g, evaluation)
@@ -281,7 +285,7 @@ def format_markdown(groups: Sequence[Group], excluded: Sequence[RunResult], titl
     lines += ["## Runs", ""]
     for g in groups:
         runs = ", ".join(f"seed {r.seed} ({r.dir.name}: best at {r.best['iteration']})" for r in g.runs)
-        lines.append(f"- **{g.label}** ({g.protocol}): {runs}")
+        lines.append(f"- **{g.label}** ({resolve_protocol(g.protocol).name}): {runs}")
     if excluded:
         lines += ["", "## Not in the tables", ""]
         lines += [f"- {r.dir}: {r.problem}" for r in excluded]
@@ -292,7 +296,7 @@ def format_csv(groups: Sequence[Group]) -> str:
     """One row per group and evaluation: protocol, group, evaluation, n, seeds, iterations, then
     ``<column> mean`` and ``<column> std`` (percent; std empty when n = 1) for every column of every
     protocol present (empty where a protocol has no such column)."""
-    heads = list(dict.fromkeys(c for p in PROTOCOLS if any(g.protocol == p for g in groups) for c in columns(p)))
+    heads = list(dict.fromkeys(c for g in groups for c in columns(g.protocol)))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["protocol", "group", "evaluation", "n", "seeds", "iterations"]
@@ -300,7 +304,7 @@ def format_csv(groups: Sequence[Group]) -> str:
     for g in groups:
         for evaluation in EVALUATIONS:
             stats = group_stats(g, evaluation)
-            row = [g.protocol, g.label, evaluation, len(g.runs), " ".join(str(r.seed) for r in g.runs),
+            row = [resolve_protocol(g.protocol).name, g.label, evaluation, len(g.runs), " ".join(str(r.seed) for r in g.runs),
                    " ".join(str(getattr(r, evaluation)["iteration"]) for r in g.runs)]
             for c in heads:
                 mean, std, n = stats.get(c, (math.nan, math.nan, 0))
@@ -317,15 +321,17 @@ def plot(groups: Sequence[Group], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    protocols = [p for p in PROTOCOLS if any(g.protocol == p for g in groups)]
+    protocols = _protocol_keys(groups)
     fig, axes = plt.subplots(1, len(protocols), figsize=(6.4 * len(protocols), 4.4), squeeze=False)
-    for ax, protocol in zip(axes[0], protocols):
-        for g in (g for g in groups if g.protocol == protocol):
+    for ax, key in zip(axes[0], protocols):
+        mine = [g for g in groups if g.protocol_key == key]
+        for g in mine:
             tiou = np.asarray(g.runs[0].best["tiou"], dtype=np.float64)
             maps = 100 * np.array([r.best["mAP"] for r in g.runs], dtype=np.float64)  # runs x thresholds
             std = maps.std(axis=0, ddof=1) if len(g.runs) > 1 else None
             ax.errorbar(tiou, maps.mean(axis=0), yerr=std, marker="o", capsize=3, label=f"{g.label} (n={len(g.runs)})")
-        ax.set(xlabel="tIoU threshold", ylabel="mAP (%)", title=f"{protocol} protocol, best evaluation")
+        ax.set(xlabel="tIoU threshold", ylabel="mAP (%)",
+               title=f"{resolve_protocol(mine[0].protocol).name} protocol, best evaluation")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(title)

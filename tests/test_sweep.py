@@ -261,6 +261,39 @@ def test_best_is_the_selection_criterion_and_duplicate_iterations_count_once(tmp
     assert summary_mod.read_run(run).best["iteration"] == 10
 
 
+def test_runs_of_a_declared_protocol_get_their_own_table(tmp_path):
+    """A dataset's own protocol (a mapping in options.yaml) is grouped, tabulated and plotted apart
+    from the built-in ones; its criterion picks the best evaluation."""
+    declared = {"name": "mine", "reported": [0.3, 0.5], "averages": {"0.3:0.5": [0.3, 0.4, 0.5]}, "criterion": "mean 0.3:0.5"}
+    cfg = tmp_path / "protocol.yaml"
+    cfg.write_text(yaml.safe_dump({"protocol": declared, "tiou_thresholds": [0.3, 0.4, 0.5]}))
+
+    def record(iteration, maps):
+        return {"iteration": iteration, "tiou": [0.3, 0.4, 0.5], "mAP": maps,
+                "average_mAP": {"0.3:0.5": float(np.mean(maps))}, "cmAP": 0.5}
+
+    root = tmp_path / "runs"
+    for seed, maps in ((1, [0.6, 0.4, 0.2]), (2, [0.8, 0.6, 0.4])):
+        opts = options.parse_args(["--dataset", "synthetic", "--config", str(cfg), "--seed", str(seed), "--max-iter", "10",
+                                   "--output-dir", str(root), "--model-name", f"mine{seed}"])
+        options.save_options(opts, root / f"mine{seed}" / "options.yaml")
+        (root / f"mine{seed}" / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in (record(5, [0.9] * 3), record(9, maps))))
+    fake_run(root, "t", seed=1, records=[thumos_record(30, [0.2] * 7)], max_iter=31)
+    result = summary_mod.summarize([root])
+    assert [(resolve(g), len(g.runs)) for g in result.groups] == [("thumos", 1), ("mine", 2)]
+    assert "## mine protocol, best evaluation" in result.markdown and "| avg 0.3:0.5 |" in result.markdown
+    mine = result.groups[1]
+    assert [r.best["iteration"] for r in mine.runs] == [5, 5] and [r.last["iteration"] for r in mine.runs] == [9, 9]
+    assert summary_mod.group_stats(mine, "last")["0.3"][:2] == pytest.approx((70.0, np.std([60, 80], ddof=1)))
+    assert result.paths["png"].is_file()
+
+
+def resolve(group):
+    from eval.report import resolve_protocol
+    return resolve_protocol(group.protocol).name
+
+
 def test_report_without_finished_runs_or_runs_is_one_line(tmp_path, capsys):
     root = tmp_path / "sweep"
     fake_run(root, "x", seed=1, records=[])

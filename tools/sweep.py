@@ -368,10 +368,10 @@ def _trial_fn(config: dict, specs: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     import main
-    from eval.report import PROTOCOLS
+    from eval.report import resolve_protocol
     from utils.errors import PECRError as Error  # this process's class (the module may be a copy)
 
-    average = next(iter(PROTOCOLS[spec["opts"].protocol][1]))  # the protocol's first average: Tune's table shows it
+    average = next(iter(resolve_protocol(spec["opts"].protocol).averages))  # its first average: Tune's table shows it
     shown: dict = {}
 
     class TuneRun(main.Run):

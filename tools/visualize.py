@@ -45,9 +45,9 @@ from eval.detection import evaluate_detection, segment_iou  # noqa: E402
 from eval.proposals import predicted_classes, video_class_scores  # noqa: E402
 from eval.raw import RawFile  # noqa: E402
 from eval.rescore import add_scoring_options, parse, rescore  # noqa: E402
-from eval.report import PROTOCOLS  # noqa: E402
+from eval.report import PROTOCOLS, resolve_protocol  # noqa: E402
 from utils.errors import PECRError, cli  # noqa: E402
-from utils.io import atomic_open, check_writable  # noqa: E402
+from utils.io import atomic_save, check_writable  # noqa: E402
 
 PALETTE = "tab10"
 DPI = 100
@@ -212,15 +212,16 @@ def video_figure(raw: RawFile, name: str, detections: pd.DataFrame, ground_truth
     return VideoFigure(title, (0.0, T * spf), cas, attention, lanes, segments, regions, (WIDTH, quarter_inches(height)))
 
 
-def map_chart(records: Sequence[dict], protocol: str, source: str) -> LineChart:
-    """mAP (%) against iteration: one thin line per tIoU of the records, thick lines for the averages."""
+def map_chart(records: Sequence[dict], protocol, source: str) -> LineChart:
+    """mAP (%) against iteration: one thin line per tIoU of the records, thick lines for the averages
+    of ``protocol`` (a name or a declared mapping; None: the averages the records carry)."""
     if not records:
         raise PECRError(f"{source} holds no evaluation record")
     iterations = np.array([r["iteration"] for r in records], dtype=np.float64)
     tiou = records[0]["tiou"]
     series = [Series(f"tIoU {t:g}", iterations, 100 * np.array([r["mAP"][j] for r in records]), j % 10, "-", 1.0)
               for j, t in enumerate(tiou)]
-    averages = PROTOCOLS[protocol][1]
+    averages = records[0].get("average_mAP", {}) if protocol is None else resolve_protocol(protocol).averages
     for k, name in enumerate(averages):
         values = [r.get("average_mAP", {}).get(name) for r in records]
         if all(v is not None for v in values):
@@ -276,8 +277,7 @@ def _color(index: int | None):
 
 
 def _save(fig: Figure, path: Path, dpi: int) -> Path:
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
     return path
 
 
@@ -367,6 +367,7 @@ def videos_command(argv: Sequence[str]) -> list[Path]:
     reference = raw.reference
     ap = per_video_ap(reference.ground_truth, evaluation.detections, args.tiou, len(raw.classlist))
     names = choose_videos(raw.predictions.names, ap, args.videos, worst, best)
+    # the output folder is made only once the videos are known to exist: a refused command leaves nothing
     out_dir = check_writable(args.out_dir or Path(args.raw).parent / "figures")
     figures = [video_figure(raw, n, evaluation.detections, reference.ground_truth, reference.ambiguous, opts,
                             float(ap.get(n, np.nan)), args.tiou, args.top) for n in names]
@@ -379,17 +380,16 @@ def run_command(argv: Sequence[str]) -> list[Path]:
     p.add_argument("--run", required=True, help="run folder (metrics.jsonl, or a test.py / eval.rescore metrics.json)")
     p.add_argument("--tiou", type=float, default=0.5, help="tIoU of the per-class AP chart")
     p.add_argument("--iteration", type=int, default=None, help="evaluation of the per-class chart (default: the last)")
-    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None, help="averages drawn (default: from the tIoU thresholds)")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None, help="averages drawn (default: those the records carry)")
     p.add_argument("--dpi", type=int, default=DPI, help="pixels per inch")
     p.add_argument("--out-dir", dest="out_dir", default=None, help="default: figures/ in the run folder")
     args = p.parse_args(argv)
     records, source = read_records(args.run)
-    protocol = args.protocol or ("activitynet" if any(abs(t - 0.95) < 1e-9 for t in records[0]["tiou"]) else "thumos")
     chosen = [r for r in records if args.iteration is None or r["iteration"] == args.iteration]
     if not chosen:
         raise PECRError(f"{source} has no evaluation at iteration {args.iteration}; it has "
                         f"{', '.join(str(r['iteration']) for r in records)}")
-    lines = map_chart(records, protocol, Path(args.run).name)
+    lines = map_chart(records, args.protocol, Path(args.run).name)
     bars = class_ap_chart(chosen[-1], args.tiou, Path(args.run).name)
     out_dir = check_writable(args.out_dir or Path(args.run) / "figures")
     return [draw_lines(lines, out_dir / "map_vs_iteration.png", args.dpi),
