@@ -34,10 +34,6 @@ from utils.io import append_line, atomic_write_text, check_writable
 from utils.progress import interactive
 from utils.seed import rng_state, seed_everything, set_rng_state
 
-# Options that describe the session, not the run: they may differ when a run is resumed.
-SESSION_OPTIONS = options.SESSION_OPTIONS
-
-
 class Interrupted(PECRError):
     """Ctrl-C during training; the message says which checkpoint is intact."""
 
@@ -55,14 +51,13 @@ def saved_run(run_dir: Path) -> dict | None:
 
 def check_resume(opts, run_dir: Path) -> dict:
     """What ``--resume`` continues: PECRError when there is nothing to resume or an option that changes
-    the run differs from the run's own (``SESSION_OPTIONS`` may differ). Reads only last.pt."""
+    the run differs from the run's own (``options.SESSION_OPTIONS`` may differ). Reads only last.pt."""
     saved = saved_run(run_dir)
     if saved is None:
         raise PECRError(f"nothing to resume in {run_dir} (no last.pt): drop --resume to start the run")
-    now = options.options_to_dict(opts)
-    changed = [k for k in sorted(set(now) | set(saved["options"]))
-               if k not in SESSION_OPTIONS and now.get(k) != saved["options"].get(k)]
+    changed = options.changed_run_options(opts, saved["options"])
     if changed:
+        now = options.options_to_dict(opts)
         k = changed[0]
         more = f" (and {', '.join(changed[1:4])}{'...' if len(changed) > 4 else ''})" if len(changed) > 1 else ""
         raise PECRError(f"--resume: --{k.replace('_', '-')} is {now.get(k)!r} but the run in {run_dir} was started with "

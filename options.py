@@ -491,6 +491,13 @@ def _given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] 
     return dest in given if dest else given
 
 
+def changed_run_options(opts: argparse.Namespace, saved: dict[str, Any]) -> list[str]:
+    """The options (sorted) whose value in ``opts`` differs from a run's saved option dict, session
+    options (:data:`SESSION_OPTIONS`) left out: what a resume of that run may not change."""
+    now = options_to_dict(opts)
+    return [k for k in sorted(set(now) | set(saved)) if k not in SESSION_OPTIONS and now.get(k) != saved.get(k)]
+
+
 def options_to_dict(opts: argparse.Namespace) -> dict[str, Any]:
     """Plain, YAML-safe dict of the resolved options, without the session-only ``config`` and ``resume``."""
     return {k: v for k, v in sorted(vars(opts).items()) if k not in ("config", "resume")}

@@ -253,11 +253,9 @@ def plan(sweep: Sweep) -> tuple[list[tuple[Trial, str]], list[TrialOutcome]]:
         if saved is None:
             to_run.append((trial, "new"))
             continue
-        now = options.options_to_dict(trial.opts)
-        changed = [k for k in sorted(set(now) | set(saved["options"]))
-                   if k not in options.SESSION_OPTIONS and now.get(k) != saved["options"].get(k)]
+        changed = options.changed_run_options(trial.opts, saved["options"])
         if changed:
-            k = changed[0]
+            k, now = changed[0], options.options_to_dict(trial.opts)
             known.append(TrialOutcome(trial, "failed", f"{trial.dir} holds a run started with other options ({k} "
                                       f"{saved['options'].get(k)!r} there, {now.get(k)!r} in the sweep); move that "
                                       "folder away or give the sweep another name", recorded=False))
@@ -317,7 +315,8 @@ def check_address(address: str) -> None:
 
 def connect(address: str | None) -> bool:
     """Start a local Ray runtime (no address) or attach to a cluster; True when this call started it
-    (and so should shut it down). An already initialised Ray (e.g. in tests) is used as it is."""
+    (and so should shut it down). An already initialised Ray (e.g. in tests) is used as it is. The address is
+    checked (:func:`check_address`) by the caller, before anything is written."""
     import ray
 
     if ray.is_initialized():
@@ -325,7 +324,6 @@ def connect(address: str | None) -> bool:
     if address is None:
         ray.init(address="local", include_dashboard=False, logging_level="warning")
         return True
-    check_address(address)
     env = {k: v for k, v in os.environ.items() if k.startswith("PECR_")}  # the vocabulary and CLIP cache paths
     try:
         ray.init(address=address, logging_level="warning", runtime_env={"env_vars": env} if env else None)
