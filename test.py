@@ -13,7 +13,6 @@ options still win). Writes ``detections.json`` (ActivityNet format, seconds) and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,13 +26,13 @@ from eval.annotations import load_wtalc_ground_truth
 from eval.proposals import load_ambiguous
 from eval.raw import FILENAME as RAW_FILENAME, save_raw
 from eval.report import format_table
-from eval.scoring import Evaluation, Reference, VideoOutput, detections_json, score
+from eval.scoring import Evaluation, Reference, VideoOutput, score, write_evaluation
 from model import PECR, build_model
 from utils.checkpoint import (check_checkpoint, is_pecr_checkpoint, load_model_state, load_release_checkpoint,
                               read_checkpoint, release_state_dict)
 from utils.device import resolve_device, set_float32_precision
 from utils.errors import PECRError, cli
-from utils.io import atomic_write_text, check_writable
+from utils.io import check_writable
 
 
 # options of the training machine / session that test.py does not inherit: --amp too, a speed option
@@ -114,11 +113,7 @@ def write_results(out_dir: Path, evaluation: Evaluation, reference: Reference, c
     if opts.save_raw and evaluation.raw is None:
         raise ValueError("--save-raw needs the outputs: evaluate(..., keep_raw=True)")
     out_dir = Path(out_dir)
-    written = [out_dir / "detections.json"]
-    atomic_write_text(written[0], json.dumps(detections_json(evaluation.detections, classlist, opts)))
-    if metrics:
-        written.append(out_dir / "metrics.json")
-        atomic_write_text(written[-1], json.dumps(evaluation.record) + "\n")
+    written = write_evaluation(out_dir, evaluation, classlist, opts, metrics)
     if opts.save_raw:
         written.append(save_raw(out_dir / RAW_FILENAME, evaluation.raw, reference, classlist,
                                 options.options_to_dict(opts), evaluation.record["iteration"], opts.raw_dtype))

@@ -16,7 +16,6 @@ options and a float32 file the detections and metrics are test.py's, exactly.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,9 +24,9 @@ from typing import Sequence
 import options
 from eval.raw import RawFile, annotation_reference, load_raw
 from eval.report import format_table
-from eval.scoring import SCORING_OPTIONS, Evaluation, Reference, detections_json, score
+from eval.scoring import SCORING_OPTIONS, Evaluation, Reference, score, write_evaluation
 from utils.errors import PECRError, cli
-from utils.io import atomic_write_text, check_writable
+from utils.io import check_writable
 
 
 def add_scoring_options(parser: argparse.ArgumentParser) -> None:
@@ -99,10 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     evaluation = rescore(raw, opts, reference)
     print(format_table(evaluation.record, opts.protocol))
-    written = [out_dir / "detections.json", out_dir / "metrics.json", out_dir / "rescore_options.yaml"]
-    atomic_write_text(written[0], json.dumps(detections_json(evaluation.detections, raw.classlist, opts)))
-    atomic_write_text(written[1], json.dumps(evaluation.record) + "\n")
-    options.save_options(opts, written[2])
+    written = [*write_evaluation(out_dir, evaluation, raw.classlist, opts), out_dir / "rescore_options.yaml"]
+    options.save_options(opts, written[-1])
     print(f"re-scored {len(raw.predictions.videos)} videos in {time.perf_counter() - t0:.1f} s; wrote "
           + ", ".join(map(str, written)))
     return 0

@@ -11,6 +11,7 @@ so both give the same detections and metrics for the same options. Nothing here 
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, fields
 from typing import Iterable, Sequence
@@ -135,3 +136,19 @@ def detections_json(detections: pd.DataFrame, classlist: Sequence[str], opts) ->
         results.setdefault(vid, []).append({"label": classlist[label], "score": float(score),
                                             "segment": [float(start), float(end)]})
     return {"version": "PECR", "results": results, "external_data": {"used": True, "details": "CLIP (OpenAI)"}}
+
+
+def write_evaluation(out_dir, evaluation: Evaluation, classlist: Sequence[str], opts, metrics: bool = True) -> list:
+    """``detections.json`` (ActivityNet format, seconds) and, unless ``metrics`` is False, ``metrics.json``
+    (the record) in ``out_dir``, each written atomically -> their paths."""
+    from pathlib import Path
+
+    from utils.io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    written = [out_dir / "detections.json"]
+    atomic_write_text(written[0], json.dumps(detections_json(evaluation.detections, classlist, opts)))
+    if metrics:
+        written.append(out_dir / "metrics.json")
+        atomic_write_text(written[-1], json.dumps(evaluation.record) + "\n")
+    return written
