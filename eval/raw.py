@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from eval.annotations import load_wtalc, load_wtalc_ground_truth
+from eval.annotations import _text, load_wtalc, load_wtalc_ground_truth
 from eval.proposals import load_ambiguous
 from eval.scoring import RawPredictions, Reference, VideoOutput
 from utils.errors import PECRError
@@ -86,7 +86,7 @@ def save_raw(path: str | Path, predictions: RawPredictions, reference: Reference
                                      else np.zeros((0,) if width is None else (0, width), dtype))
     gt = reference.ground_truth
     ambiguous = reference.ambiguous or {}
-    regions = [r for r in ambiguous.values()]
+    regions = list(ambiguous.values())
     arrays = {
         "format": np.array(FORMAT),
         "classlist": _strings(classlist),
@@ -178,9 +178,8 @@ def annotation_reference(raw: RawFile, annotation_dir: str | Path) -> Reference:
     raw file's grid) and its ``Ambiguous_test.txt`` when present: to score the same predictions against
     corrected annotations. PECRError when the folder's class list differs or lacks a predicted video."""
     ann = load_wtalc(annotation_dir)
-    text = lambda a: [x.decode() if isinstance(x, bytes) else str(x) for x in a]
-    check_classlist(raw, text(ann["classlist"]), f"annotation folder {annotation_dir}")
-    known = set(text(ann["videoname"]))
+    check_classlist(raw, [_text(c) for c in ann["classlist"]], f"annotation folder {annotation_dir}")
+    known = {_text(v) for v in ann["videoname"]}
     unknown = [v for v in raw.predictions.names if v not in known]
     if unknown:
         raise PECRError(f"video {unknown[0]!r} of raw predictions file {raw.path} is not in annotation folder "
