@@ -31,7 +31,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -246,18 +246,19 @@ def _tensor(array: np.ndarray, device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def load_annotations(annotation_dir: str | Path, where: str = "--annotation-dir") -> dict:
+def load_annotations(annotation_dir: str | Path, where: str | Callable[[], str] = "--annotation-dir") -> dict:
     """Read and check a W-TALC annotation folder.
 
     Returns a dict: ``classlist`` list[str] (C), ``video_names`` / ``subsets`` list[str] (N),
     ``durations`` (N,) float64 seconds, ``segments`` list of (k_i, 2) float64 seconds,
     ``segment_labels`` list[list[str]] (one per segment), ``labels_all`` list[list[str]],
     and ``original_fps`` / ``extracted_fps`` (N,) arrays or None when the files are absent.
-    ``where``: the option (or description key) to name when the folder is missing.
+    ``where``: the option (or description key) to name when the folder is missing, or a function
+    giving it (called only then: finding a description key reads the description).
     """
     folder = Path(annotation_dir)
     if not folder.is_dir():
-        raise PECRError(f"annotation folder {folder} not found; place the W-TALC annotations there (see {README}) or set {where}")
+        raise PECRError(f"annotation folder {folder} not found; place the W-TALC annotations there (see {README}) or set {where() if callable(where) else where}")
     raw = {}
     for key in REQUIRED_ANNOTATIONS + OPTIONAL_ANNOTATIONS:
         path = folder / f"{key}.npy"
@@ -326,7 +327,7 @@ class WTALDataset:
     def __init__(self, opts, clip_dim: int | None = None, progress: bool | None = None):
         self.opts = opts
         self.annotation_dir = Path(opts.annotation_dir)
-        ann = load_annotations(self.annotation_dir, origin(opts, "annotation_dir"))
+        ann = load_annotations(self.annotation_dir, lambda: origin(opts, "annotation_dir"))
         self.classlist: list[str] = ann["classlist"]
         self.class_phrases = class_phrases(self.classlist, opts.class_phrases)
         self.num_classes = len(self.classlist)
@@ -369,7 +370,10 @@ class WTALDataset:
             for v in used:
                 i3d_len[v] = i3d_files[v].shape[0]
         else:
-            self._loading(False, 0)  # an object array holds in memory only: refuse lazy before reading it
+            if opts.feature_loading == "lazy":  # an object array is read whole: refuse before reading it
+                raise PECRError(f"--feature-loading lazy reads per-video files, but {opts.feature_file} is one object array "
+                                f"(read whole); split it with `python tools/split_features.py --features {opts.feature_file} "
+                                f"--annotations {self.annotation_dir} --out DIR` and pass --feature-file DIR")
             videos = self._read_feature_file(source, n)
             for v in used:
                 videos[v] = self._check_i3d(videos[v], v, opts.feature_file)
@@ -405,7 +409,7 @@ class WTALDataset:
         self.train_indices = np.intersect1d(train, keep)
         self.test_indices = np.intersect1d(test, keep)
 
-        self.feature_loading = self._loading(videos is None, int(self.lengths.sum()))
+        self.feature_loading = "memory" if videos is not None else self._loading(int(self.lengths.sum()))
         if self.feature_loading == "lazy":
             self._i3d = LazyFeatures({int(v): i3d_files[v] for v in keep}, self.video_names, "I3D", self.feature_size)
             self._clip = LazyFeatures({int(v): clip_files[v] for v in keep}, self.video_names, "CLIP", self.clip_dim)
@@ -427,15 +431,10 @@ class WTALDataset:
             read_checked(clip_files[v], clip[o:o + t], "CLIP", self.video_names[v])
         self._i3d, self._clip = MemoryFeatures(features, offsets), MemoryFeatures(clip, offsets)
 
-    def _loading(self, per_video_files: bool, rows: int) -> str:
-        """``opts.feature_loading`` resolved: auto = memory up to ``opts.feature_memory_gb`` GiB, else lazy."""
+    def _loading(self, rows: int) -> str:
+        """``opts.feature_loading`` of per-video files resolved: auto = memory up to ``opts.feature_memory_gb``
+        GiB (``rows`` snippets of I3D + CLIP features in float32), else lazy."""
         opts = self.opts
-        if not per_video_files:
-            if opts.feature_loading == "lazy":
-                raise PECRError(f"--feature-loading lazy reads per-video files, but {opts.feature_file} is one object array "
-                                f"(read whole); split it with `python tools/split_features.py --features {opts.feature_file} "
-                                f"--annotations {self.annotation_dir} --out DIR` and pass --feature-file DIR")
-            return "memory"
         if opts.feature_loading != "auto":
             return opts.feature_loading
         gib = rows * (self.feature_size + self.clip_dim) * 4 / 2**30
@@ -493,9 +492,7 @@ class WTALDataset:
         if x.shape[1] != self.feature_size:
             raise PECRError(f"I3D features of video {name} in {path} are {x.shape[1]} wide but --feature-size is {self.feature_size}; set --feature-size {x.shape[1]} or use matching features")
         x = np.asarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
-            t = int(np.argwhere(~np.isfinite(x))[0, 0])
-            raise PECRError(f"I3D features of video {name} in {path} contain NaN or inf (first at snippet {t}); re-extract that video's features")
+        check_finite(x, "I3D", name, path)
         return x
 
     def _clip_paths(self, videos: np.ndarray, split: dict[int, str]) -> list[Path]:
