@@ -302,6 +302,30 @@ def load_annotations(annotation_dir: str | Path, where: str | Callable[[], str] 
     }
 
 
+def read_feature_file(path: Path, n: int, names_file, flag: str | Callable[[], str] = "--feature-file",
+                      width: int | str = "F") -> list:
+    """The per-video arrays of an object ``.npy`` feature file (or a stacked 3-D array) whose videos are
+    the ``n`` of ``names_file`` (videoname.npy), unchecked: PECRError when the file is missing (naming
+    ``flag``, or the function giving it), unreadable, of another kind or another video count."""
+    path = Path(path)
+    if not path.is_file():
+        raise PECRError(f"I3D feature file {path} not found; download it as described in {README} or set "
+                        f"{flag() if callable(flag) else flag}")
+    try:
+        array = np.load(path, allow_pickle=True)
+    except Exception as err:
+        raise PECRError(f"cannot read I3D feature file {path} ({type(err).__name__}: {err}); re-download it (see {README})".replace("\n", " ")) from None
+    if (array.dtype == object and array.ndim == 1) or (array.dtype != object and array.ndim == 3):  # np.save stacks equal lengths
+        videos = list(array)
+    else:
+        raise PECRError(f"I3D feature file {path} holds a {array.dtype} array of shape {array.shape}; expected an object array of per-video (snippets x {width}) arrays")
+    del array
+    if len(videos) != n:
+        raise PECRError(f"I3D feature file {path} holds {len(videos)} videos but {names_file} lists {n}; "
+                        "use the feature file and annotation folder of the same release")
+    return videos
+
+
 def multi_hot(labels_all: list[list[str]], classlist: list[str], where: str, video_names: list[str]) -> np.ndarray:
     """(N, C) float32 multi-hot video labels; a class missing from ``classlist`` is a PECRError."""
     index = {c: i for i, c in enumerate(classlist)}
@@ -463,23 +487,8 @@ class WTALDataset:
         return progress(items, desc=desc, leave=False)
 
     def _read_feature_file(self, path: Path, n: int) -> list:
-        if not path.is_file():
-            raise PECRError(f"I3D feature file {path} not found; download it as described in {README} or set {origin(self.opts, 'feature_file')}")
-        try:
-            array = np.load(path, allow_pickle=True)
-        except Exception as err:
-            raise PECRError(f"cannot read I3D feature file {path} ({type(err).__name__}: {err}); re-download it (see {README})".replace("\n", " ")) from None
-        if array.dtype == object and array.ndim == 1:
-            videos = list(array)
-        elif array.dtype != object and array.ndim == 3:  # np.save of equal-length videos stacks them
-            videos = list(array)
-        else:
-            raise PECRError(f"I3D feature file {path} holds a {array.dtype} array of shape {array.shape}; expected an object array of per-video (snippets x {self.feature_size}) arrays")
-        del array
-        if len(videos) != n:
-            raise PECRError(f"I3D feature file {path} holds {len(videos)} videos but {self.annotation_dir / 'videoname.npy'} lists {n}; "
-                            "use the feature file and annotation folder of the same release")
-        return videos
+        return read_feature_file(path, n, self.annotation_dir / "videoname.npy", lambda: origin(self.opts, "feature_file"),
+                                 self.feature_size)
 
     def _check_i3d(self, x, v: int, path) -> np.ndarray:
         name = self.video_names[v]

@@ -60,6 +60,15 @@ def load_wtalc(annotation_dir: str | Path, flag: str = "--annotation-dir") -> di
     return out
 
 
+def object_array(items: list) -> np.ndarray:
+    """A 1-D object array holding ``items`` as they are (the W-TALC files' per-video lists; np.array
+    would stack lists of equal length into a 2-D array)."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = item
+    return out
+
+
 def to_snippets(seconds, fps: float = 25.0, frames: int = 16) -> np.ndarray:
     """``round(sec * fps / frames)`` (half to even) as int64."""
     return np.round(np.asarray(seconds, dtype=np.float64) * fps / frames).astype(np.int64)

@@ -62,8 +62,9 @@ def generate(folder: Path, which: str, videos: int, seed: int = 0) -> dict:
 
     marker = folder / MARKER
     request = {"which": which, "videos": videos, "seed": seed}
-    if marker.is_file() and json.loads(marker.read_text()).get("request") == request:
-        return json.loads(marker.read_text())
+    done = json.loads(marker.read_text()) if marker.is_file() else {}
+    if done.get("request") == request:
+        return done
     shutil.rmtree(folder, ignore_errors=True)
     rng = np.random.default_rng(seed)
     lengths = snippet_counts(which, videos, rng)

@@ -49,6 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.annotations import object_array  # noqa: E402
 from utils.errors import PECRError, cli  # noqa: E402
 from utils.progress import progress as progress_bar  # noqa: E402
 
@@ -268,22 +269,15 @@ def match_features(videos: list[Video], folder: Path, report: Report, fps: float
 
 
 # ----------------------------------------------------------------------------- writing
-def _objects(items: list) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    for i, x in enumerate(items):
-        out[i] = x
-    return out
-
-
 def write_wtalc(folder: Path, videos: list[Video], classlist: list[str]) -> None:
     """The W-TALC annotation files of ``videos`` in ``folder`` (strings as bytes, as the released files)."""
     np.save(folder / "classlist.npy", np.array([c.encode() for c in classlist]))
     np.save(folder / "videoname.npy", np.array([v.name.encode() for v in videos]))
     np.save(folder / "subset.npy", np.array([v.subset.encode() for v in videos]))
     np.save(folder / "duration.npy", np.array([v.duration for v in videos], dtype=np.float64))
-    np.save(folder / "segments.npy", _objects([[list(s) for s in v.segments] for v in videos]), allow_pickle=True)
-    np.save(folder / "labels.npy", _objects([list(v.labels) for v in videos]), allow_pickle=True)
-    np.save(folder / "labels_all.npy", _objects([list(dict.fromkeys(v.labels)) for v in videos]), allow_pickle=True)
+    np.save(folder / "segments.npy", object_array([[list(s) for s in v.segments] for v in videos]), allow_pickle=True)
+    np.save(folder / "labels.npy", object_array([list(v.labels) for v in videos]), allow_pickle=True)
+    np.save(folder / "labels_all.npy", object_array([list(dict.fromkeys(v.labels)) for v in videos]), allow_pickle=True)
 
 
 def description_text(args, report: Report, template: dict) -> str:
@@ -341,8 +335,8 @@ def convert(args: argparse.Namespace, progress: bool | None = None) -> Report:
     videos = read_videos(data, source, report, args.bad_segments)
     if args.classlist:
         classlist, class_source = read_classlist(args.classlist), str(args.classlist)
-    elif taxonomy_classes(data):
-        classlist, class_source = taxonomy_classes(data), f"the taxonomy of {source}"
+    elif taxonomy := taxonomy_classes(data):
+        classlist, class_source = taxonomy, f"the taxonomy of {source}"
     else:
         classlist, class_source = sorted({label for v in videos for label in v.labels}), f"the labels of {source}"
     report.classlist = classlist

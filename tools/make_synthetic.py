@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.annotations import object_array  # noqa: E402
 from utils.errors import PECRError  # noqa: E402
 from utils.io import atomic_save, atomic_write_bytes, atomic_write_text  # noqa: E402
 from utils.progress import progress as progress_bar  # noqa: E402
@@ -96,9 +97,9 @@ def random_ground_truth(rng: np.random.Generator, num_videos: int, num_classes: 
             "videoname.npy": np.array([n.encode() for n in names]),
             "subset.npy": np.array([s.encode() for s in subsets]),
             "duration.npy": np.array(durations, dtype=np.float64)[:, None],
-            "segments.npy": _object_array(segments),
-            "labels.npy": _object_array(labels),
-            "labels_all.npy": _object_array(labels_all),
+            "segments.npy": object_array(segments),
+            "labels.npy": object_array(labels),
+            "labels_all.npy": object_array(labels_all),
             "original_fps.npy": np.full(num_videos, fps, dtype=np.float64),
             "extracted_fps.npy": np.full(num_videos, int(round(fps)), dtype=np.int64),
         },
@@ -119,13 +120,6 @@ def real_ground_truth(annotation_dir: str | Path) -> dict:
         "durations": ann["durations"],
         "files": {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p.name != MARKER},
     }
-
-
-def _object_array(items: list) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        out[i] = item
-    return out
 
 
 # ----------------------------------------------------------------------------- features

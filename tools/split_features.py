@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.errors import PECRError, cli  # noqa: E402
+from utils.errors import cli  # noqa: E402
 from utils.progress import progress as progress_bar  # noqa: E402
 from utils.io import atomic_save  # noqa: E402
 
@@ -32,16 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder receiving <video>.npy")
     p.add_argument("--overwrite", action="store_true", help="rewrite existing files")
     args = p.parse_args(argv)
-    from dataset import load_annotations
+    from dataset import load_annotations, read_feature_file
 
-    names = load_annotations(args.annotations)["video_names"]
-    try:
-        videos = np.load(args.features, allow_pickle=True)
-    except Exception as err:  # noqa: BLE001 -- any unreadable file: one clear line
-        raise PECRError(f"cannot read {args.features} ({type(err).__name__}: {err})".replace("\n", " ")) from None
-    if len(videos) != len(names):
-        raise PECRError(f"{args.features} holds {len(videos)} videos but {args.annotations}/videoname.npy lists {len(names)}; "
-                        "use the feature file and annotation folder of the same release")
+    names = load_annotations(args.annotations, "--annotations")["video_names"]
+    videos = read_feature_file(Path(args.features), len(names), Path(args.annotations) / "videoname.npy", "--features")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = 0
