@@ -66,6 +66,14 @@ def check_resume(opts, run_dir: Path) -> dict:
     return saved
 
 
+def finished(run_dir: Path, last_iteration: int, opts) -> bool:
+    """True (and says so) when the run's last checkpoint is its final iteration: nothing to resume."""
+    if last_iteration < opts.max_iter - 1:
+        return False
+    print(f"run {run_dir} already finished (iteration {last_iteration} of --max-iter {opts.max_iter}); nothing to do")
+    return True
+
+
 def compiled(model, criterion):
     """``torch.compile`` forms of the model and of the loss for the training step (evaluation runs the
     model as it is: test videos of every length would recompile it). Random draws inside compiled code
@@ -184,8 +192,7 @@ class Run:
                 (self.dir / old).unlink(missing_ok=True)
             shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)
             options.save_options(opts, self.dir / "options.yaml")
-        if self.start >= opts.max_iter:
-            print(f"run {self.dir} already finished (iteration {self.start - 1} of --max-iter {opts.max_iter}); nothing to do")
+        if finished(self.dir, self.start - 1, opts):
             return None
         writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self.start)
         record = None
@@ -204,8 +211,9 @@ class Run:
     def _loop(self, writer: SummaryWriter) -> dict | None:
         """Iterations ``start .. max_iter-1``; returns the last evaluation record (None when none ran)."""
         opts, record, running = self.opts, None, None
+        log_lines = not interactive()  # a log line per interval where a bar would flood a log
         bar = tqdm(range(self.start, opts.max_iter), initial=self.start, total=opts.max_iter, desc="train", unit="it",
-                   disable=not interactive())
+                   disable=log_lines)
         tic = time.perf_counter()
         try:
             for iteration in bar:
@@ -217,8 +225,8 @@ class Run:
                 bar.set_postfix(loss=f"{running:.4f}")
                 for name, value in terms.items():
                     writer.add_scalar(f"loss/{name}", value, iteration)
-                if not interactive() and ((iteration + 1) % opts.interval == 0 or iteration == opts.max_iter - 1):
-                    done = iteration + 1 - self.start  # a log line per interval where a bar would flood the log
+                if log_lines and ((iteration + 1) % opts.interval == 0 or iteration == opts.max_iter - 1):
+                    done = iteration + 1 - self.start
                     print(f"train: iteration {iteration + 1}/{opts.max_iter}, loss {running:.4f}, "
                           f"{(time.perf_counter() - tic) / done:.3f} s/it", file=sys.stderr, flush=True)
                 if should_evaluate(iteration, opts):
@@ -239,9 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = options.parse_args(argv)
     run_dir = Path(opts.output_dir) / opts.model_name
     if opts.resume:  # checked before any data is loaded: a wrong --resume costs seconds
-        saved = check_resume(opts, run_dir)
-        if saved["iteration"] >= opts.max_iter - 1:
-            print(f"run {run_dir} already finished (iteration {saved['iteration']} of --max-iter {opts.max_iter}); nothing to do")
+        if finished(run_dir, check_resume(opts, run_dir)["iteration"], opts):
             return 0
     else:
         check_writable(run_dir, "--output-dir / --model-name")
