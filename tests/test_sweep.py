@@ -187,7 +187,8 @@ def test_summary_matches_means_and_sample_stds_computed_by_hand(tmp_path):
                      eval_at_start="true")
             best = max([mid, end], key=lambda r: selection_score(r, "thumos"))
             expected.setdefault(metric, []).append({"best": best, "last": end})
-    # one ActivityNet-protocol run with a single evaluation (n = 1), a second resumed run that evaluated 200 twice
+    # one ActivityNet-protocol run with a single evaluation (n = 1); iterations evaluated twice after a resume
+    # are covered by test_best_is_the_selection_criterion_and_duplicate_iterations_count_once
     anet = anet_record(200, rng.uniform(0.1, 0.5, 10), 0.7)
     fake_run(root, "anet", seed=5, records=[anet], protocol="activitynet", max_iter=201, eval_at_start="false")
     # runs that are listed, not counted
@@ -353,10 +354,11 @@ def tiny_sweep(ray_runtime, tmp_path_factory, clip_vocab):
     with pytest.raises(train_main.Interrupted):
         run.train()
     assert train_main.saved_run(interrupted.dir)["iteration"] == 1
+    notes = {trial.name: note for trial, note in sweep_mod.plan(sweep)[0]}  # what the sweep decides to do
     result = sweep_mod.run_sweep(sweep, cpus_per_trial=1, max_concurrent=2, verbose=0)
     summary = summary_mod.summarize([root / "out" / "tiny"])
     return {"root": root, "path": path, "sweep": sweep, "result": result, "summary": summary,
-            "interrupted": interrupted, "metrics": {t.name: read_metrics(t.dir) for t in sweep.trials},
+            "interrupted": interrupted, "notes": notes, "metrics": {t.name: read_metrics(t.dir) for t in sweep.trials},
             "summary_csv": summary.paths["csv"].read_text()}
 
 
@@ -405,6 +407,8 @@ def test_sweep_table_equals_means_and_stds_of_the_runs_metrics(tiny_sweep):
 
 def test_an_interrupted_trial_is_resumed_and_a_trials_options_yaml_reproduces_it(tiny_sweep, capsys):
     trial = tiny_sweep["interrupted"]
+    assert tiny_sweep["notes"][trial.name] == "resume from iteration 2"  # resumed, not restarted
+    assert {note for name, note in tiny_sweep["notes"].items() if name != trial.name} == {"new"}
     resumed = tiny_sweep["metrics"][trial.name]
     # the same run started afresh from its options.yaml alone, in place (as the README says)
     assert train_main.main(["--config", str(trial.dir / "options.yaml")]) == 0
